@@ -1,0 +1,216 @@
+"""Helm values for each platform chart, as plain functions of the stack config.
+
+No secret ever appears here in plain text: charts are pointed at Secrets the program creates
+(``existingSecret``-style keys), and the one value a chart only takes inline (Harbor's internal
+database password) is passed in as a Pulumi secret Output by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from infra.config import StackConfig
+
+# Namespaces of the platform, one per component.
+NAMESPACES = {
+    "istio": "istio-system",
+    "argocd": "argocd",
+    "argoWorkflows": "argo",
+    "argoRollouts": "argo-rollouts",
+    "flagger": "flagger-system",
+    "monitoring": "monitoring",
+    "harbor": "harbor",
+    "mlflow": "mlflow",
+}
+FRAUD_NAMESPACE = "fraud"
+PROMETHEUS_SERVICE = "kube-prometheus-stack-prometheus"
+PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{NAMESPACES['monitoring']}:9090"
+LOADTESTER_URL = f"http://flagger-loadtester.{NAMESPACES['flagger']}/"
+GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
+# Secret names the charts read (the program creates them from pulumi-random passwords).
+GRAFANA_ADMIN_SECRET = "grafana-admin"
+HARBOR_ADMIN_SECRET = "harbor-admin"
+HARBOR_SECRET_KEY_SECRET = "harbor-secret-key"
+ARGOCD_SECRET = "argocd-secret"
+ARGO_WORKFLOWS_ARTIFACTS_SECRET = "argo-artifacts-s3"
+
+
+@dataclass(frozen=True)
+class ChartRelease:
+    """One Helm release: where it comes from and where it goes."""
+
+    name: str
+    chart: str
+    component: str
+    namespace: str
+
+
+def chart_releases(component: str) -> list[ChartRelease]:
+    """The releases a component installs, in install order."""
+    ns = NAMESPACES.get(component)
+    table = {
+        "istio": [
+            ChartRelease("istio-base", "base", "istio", ns or ""),
+            ChartRelease("istiod", "istiod", "istio", ns or ""),
+        ],
+        "argocd": [ChartRelease("argo-cd", "argo-cd", "argocd", ns or "")],
+        "argoWorkflows": [ChartRelease("argo-workflows", "argo-workflows", "argoWorkflows", ns or "")],
+        "argoRollouts": [ChartRelease("argo-rollouts", "argo-rollouts", "argoRollouts", ns or "")],
+        "flagger": [ChartRelease("flagger", "flagger", "flagger", ns or "")],
+        "flaggerLoadtester": [
+            ChartRelease("flagger-loadtester", "loadtester", "flaggerLoadtester", NAMESPACES["flagger"])
+        ],
+        "monitoring": [ChartRelease("kube-prometheus-stack", "kube-prometheus-stack", "monitoring", ns or "")],
+        "harbor": [ChartRelease("harbor", "harbor", "harbor", ns or "")],
+    }
+    return table[component]
+
+
+def _resources(cpu: str, memory: str, cpu_limit: str | None = None, memory_limit: str | None = None) -> dict[str, Any]:
+    return {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu_limit or cpu, "memory": memory_limit or memory},
+    }
+
+
+def _small(config: StackConfig) -> bool:
+    return config.environment == "dev"
+
+
+def istio_base_values(config: StackConfig) -> dict[str, Any]:
+    return {"defaultRevision": "default"}
+
+
+def istiod_values(config: StackConfig) -> dict[str, Any]:
+    return {
+        "pilot": {
+            "autoscaleEnabled": not _small(config),
+            "replicaCount": 1 if _small(config) else 2,
+            "resources": _resources("100m", "256Mi", "1", "1Gi"),
+        },
+        "meshConfig": {
+            # Sidecar metrics merged into the app's scrape, so one ServiceMonitor sees both.
+            "enablePrometheusMerge": True,
+            "accessLogFile": "/dev/stdout",
+        },
+        "global": {"proxy": {"resources": _resources("50m", "64Mi", "500m", "256Mi")}},
+    }
+
+
+def argocd_values(config: StackConfig) -> dict[str, Any]:
+    return {
+        # The admin password hash and server key live in argocd-secret, which the program creates.
+        "configs": {
+            "secret": {"createSecret": False},
+            "params": {"server.insecure": True},
+            "cm": {"exec.enabled": False, "admin.enabled": True},
+        },
+        "dex": {"enabled": False},
+        "server": {"service": {"type": "ClusterIP"}, "metrics": {"enabled": True}},
+        "controller": {"metrics": {"enabled": True}},
+        "repoServer": {"metrics": {"enabled": True}},
+        "redis": {"resources": _resources("50m", "64Mi", "200m", "128Mi")},
+    }
+
+
+def argo_workflows_values(
+    config: StackConfig, artifact_endpoint: str, artifact_bucket: str, static_credentials: bool
+) -> dict[str, Any]:
+    s3: dict[str, Any] = {
+        "bucket": artifact_bucket,
+        "endpoint": artifact_endpoint,
+        "insecure": artifact_endpoint.startswith("mlflow-minio."),
+    }
+    if static_credentials:
+        s3["accessKeySecret"] = {"name": ARGO_WORKFLOWS_ARTIFACTS_SECRET, "key": "accesskey"}
+        s3["secretKeySecret"] = {"name": ARGO_WORKFLOWS_ARTIFACTS_SECRET, "key": "secretkey"}
+    else:
+        s3["useSDKCreds"] = True
+    return {
+        "controller": {
+            "workflowNamespaces": [NAMESPACES["argoWorkflows"], FRAUD_NAMESPACE],
+            "metricsConfig": {"enabled": True},
+            "serviceMonitor": {"enabled": config.enabled("monitoring")},
+        },
+        "server": {"authModes": ["client"], "secure": False},
+        "workflow": {"serviceAccount": {"create": True, "name": "argo-workflow"}, "rbac": {"create": True}},
+        # Workflow artifacts go to the same S3-compatible store as MLflow's, credentials from a Secret.
+        "artifactRepository": {"archiveLogs": True, "s3": s3},
+    }
+
+
+def argo_rollouts_values(config: StackConfig) -> dict[str, Any]:
+    return {
+        "installCRDs": True,
+        "dashboard": {"enabled": True},
+        "controller": {
+            "replicas": 1 if _small(config) else 2,
+            "metrics": {"enabled": True, "serviceMonitor": {"enabled": config.enabled("monitoring")}},
+        },
+    }
+
+
+def flagger_values(config: StackConfig) -> dict[str, Any]:
+    return {
+        "meshProvider": "istio",
+        "metricsServer": PROMETHEUS_URL,
+        "crd": {"create": True},
+        "prometheus": {"install": False},
+        "serviceMonitor": {"enabled": config.enabled("monitoring")},
+        "resources": _resources("50m", "64Mi", "500m", "256Mi"),
+    }
+
+
+def flagger_loadtester_values(config: StackConfig) -> dict[str, Any]:
+    return {
+        "cmd": {"timeout": "1h"},
+        "resources": _resources("50m", "64Mi", "500m", "256Mi"),
+        # No sidecar: the load tester calls canary pods directly and should not be routed by the mesh.
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+    }
+
+
+def monitoring_values(config: StackConfig) -> dict[str, Any]:
+    return {
+        "prometheus": {
+            "prometheusSpec": {
+                # Select every ServiceMonitor/PrometheusRule, not only the chart's own.
+                "serviceMonitorSelectorNilUsesHelmValues": False,
+                "podMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                "retention": "7d" if _small(config) else "15d",
+                "resources": _resources("200m", "512Mi", "1", "2Gi"),
+            }
+        },
+        "alertmanager": {"enabled": True},
+        "grafana": {
+            "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            "sidecar": {
+                "dashboards": {
+                    "enabled": True,
+                    "label": GRAFANA_DASHBOARD_LABEL,
+                    "labelValue": "1",
+                    "searchNamespace": "ALL",
+                }
+            },
+        },
+    }
+
+
+def harbor_values(config: StackConfig, host: str, database_password: Any) -> dict[str, Any]:
+    return {
+        "expose": {
+            "type": "ingress",
+            "tls": {"enabled": True, "certSource": "auto"},
+            "ingress": {"hosts": {"core": host}},
+        },
+        "externalURL": f"https://{host}",
+        "existingSecretAdminPassword": HARBOR_ADMIN_SECRET,
+        "existingSecretAdminPasswordKey": "HARBOR_ADMIN_PASSWORD",
+        "existingSecretSecretKey": HARBOR_SECRET_KEY_SECRET,
+        "database": {"type": "internal", "internal": {"password": database_password}},
+        "metrics": {"enabled": True, "serviceMonitor": {"enabled": config.enabled("monitoring")}},
+        "trivy": {"enabled": not _small(config)},
+        "persistence": {"enabled": True},
+    }

@@ -1,0 +1,672 @@
+"""Stack configuration: raw Pulumi config in, frozen typed objects out, every problem reported at once.
+
+Defaults live in one place, ``Pulumi.yaml``; object-valued keys are deep-merged over them so a stack
+only states what it changes. ``parse_config`` is pure (a mapping of key -> value); ``load_from_pulumi``
+reads ``pulumi.Config`` and calls it. Errors read ``<key>: <what is wrong, and what is allowed>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT = "fraud-platform"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STRATEGIES = ("canary", "blue-green")
+DELIVERIES = ("pulumi", "argocd")
+ENVIRONMENTS = ("dev", "staging", "prod")
+# Platform components that are Helm charts; mlflow is built from plain objects (see infra/mlflow.py).
+CHART_COMPONENTS = (
+    "istio",
+    "argocd",
+    "argoWorkflows",
+    "argoRollouts",
+    "flagger",
+    "flaggerLoadtester",
+    "monitoring",
+    "harbor",
+)
+COMPONENTS = (*CHART_COMPONENTS, "mlflow")
+ARTIFACT_STORES = ("minio", "bucket")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_MODEL_URI = re.compile(r"^(models:/[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+|/\d+)|runs:/\S+|s3://\S+|/\S+)$")
+
+
+class ConfigError(ValueError):
+    """Invalid stack configuration; ``problems`` lists every ``<key>: <message>``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid stack configuration:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    context: str
+    kubeconfig: str | None = None
+    data_bucket: str | None = None
+    registry_host: str | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    enabled: bool
+    version: str
+    repository: str | None
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    artifact_store: str
+    bucket: str
+    endpoint: str
+    region: str
+    postgres_image: str
+    minio_image: str
+    storage_size: str
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    host: str
+    project: str
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    max_batch_size: int
+    max_batch_time: float
+    image_tag: str
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    stable_version: str
+    stable_uri: str
+    candidate_version: str
+    candidate_uri: str
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Rollout analysis knobs; infra/analysis.py turns them into checks for every engine."""
+
+    interval_seconds: int
+    threshold: int
+    step_weights: tuple[int, ...]
+    min_success_rate: float
+    max_latency_p99_ms: float
+    min_precision: float
+    min_recall: float
+    min_labelled_frauds: int
+    confidence: float
+    manual_promotion: bool
+    auto_promotion: bool
+    scale_down_delay_seconds: int
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_recall_gain: float
+    precision_band: float
+    max_auprc_loss: float
+    cost_missed_fraud: float
+    cost_false_positive: float
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    strategy: str
+    delivery: str
+    environment: str
+    regions: tuple[Region, ...]
+    components: Mapping[str, Component]
+    mlflow: MlflowSettings
+    registry: RegistrySettings
+    serving: ServingSettings
+    model: ModelSettings
+    analysis: AnalysisSettings
+    gate: GateConfig
+    alerts_enabled: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def enabled(self, component: str) -> bool:
+        return self.components[component].enabled
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defaults and raw loading
+
+
+def project_schema(root: Path = PROJECT_ROOT) -> dict[str, dict[str, Any]]:
+    """The ``config:`` section of Pulumi.yaml with the project prefix removed."""
+    doc = yaml.safe_load((root / "Pulumi.yaml").read_text())
+    return {key.split(":", 1)[-1]: spec for key, spec in (doc.get("config") or {}).items()}
+
+
+def project_defaults(root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    return {key: copy.deepcopy(spec["default"]) for key, spec in project_schema(root).items() if "default" in spec}
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Objects merge key by key; anything else (lists included) is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base.get(key), value) if key in base else value
+        return merged
+    return copy.deepcopy(override)
+
+
+def stack_file_values(path: Path) -> tuple[dict[str, Any], set[str]]:
+    """Project keys from a ``Pulumi.<stack>.yaml`` (prefix removed) and which of them are secure."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    values: dict[str, Any] = {}
+    secure: set[str] = set()
+    for key, value in (doc.get("config") or {}).items():
+        namespace, _, name = key.partition(":")
+        if namespace != PROJECT:
+            continue
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            secure.add(name)
+        values[name] = value
+    return values, secure
+
+
+def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set serving.replicas=3`` style overrides; values are YAML scalars/lists/objects."""
+    result: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {pair!r}: expected KEY=VALUE, e.g. strategy=blue-green or serving.replicas=3")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {key}: value is not valid YAML ({exc.problem})")
+            continue
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {key}: {part} is already set to a scalar")
+                break
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{key}: {message}")
+
+
+def _number(p: _Problems, key: str, value: Any, *, lo: float, hi: float, integer: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                p.add(key, f"must be a number in [{lo:g}, {hi:g}], got {value!r}")
+                return None
+        else:
+            p.add(key, f"must be a number in [{lo:g}, {hi:g}], got {value!r}")
+            return None
+    if math.isnan(value) or not lo <= value <= hi:
+        p.add(key, f"must be in [{lo:g}, {hi:g}], got {value!r}")
+        return None
+    if integer:
+        if float(value) != int(value):
+            p.add(key, f"must be a whole number, got {value!r}")
+            return None
+        return int(value)
+    return float(value)
+
+
+def _bool(p: _Problems, key: str, value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    p.add(key, f"must be true or false, got {value!r}")
+    return None
+
+
+def _choice(p: _Problems, key: str, value: Any, allowed: tuple[str, ...]) -> str | None:
+    if value not in allowed:
+        p.add(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+        return None
+    return str(value)
+
+
+def _string(p: _Problems, key: str, value: Any, *, pattern: re.Pattern[str] | None = None, hint: str = "") -> Any:
+    if not isinstance(value, str) or not value:
+        p.add(key, f"must be a non-empty string{hint}, got {value!r}")
+        return None
+    if pattern is not None and not pattern.match(value):
+        p.add(key, f"{value!r} is not valid{hint}")
+        return None
+    return value
+
+
+def _object(p: _Problems, key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        p.add(key, f"must be an object with keys {', '.join(known)}, got {type(value).__name__}")
+        return {}
+    for extra in sorted(set(value) - set(known)):
+        p.add(f"{key}.{extra}", f"unknown key; allowed keys are {', '.join(known)}")
+    return value
+
+
+def _fields(p: _Problems, key: str, raw: Any, spec: dict[str, Callable[[str, Any], Any]]) -> dict[str, Any] | None:
+    obj = _object(p, key, raw, tuple(spec))
+    out: dict[str, Any] = {}
+    for name, parse in spec.items():
+        if name not in obj:
+            p.add(f"{key}.{name}", "is required")
+            continue
+        out[name] = parse(f"{key}.{name}", obj[name])
+    return out if all(v is not None for v in out.values()) and len(out) == len(spec) else None
+
+
+def _parse_regions(p: _Problems, raw: Any) -> tuple[Region, ...]:
+    if not isinstance(raw, list) or not raw:
+        p.add("regions", "must be a non-empty list of {name, context}; each region needs its own cluster")
+        return ()
+    regions: list[Region] = []
+    names: dict[str, int] = {}
+    contexts: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        key = f"regions[{i}]"
+        obj = _object(p, key, item, ("name", "context", "kubeconfig", "dataBucket", "registryHost"))
+        if not obj:
+            continue
+        name = _string(p, f"{key}.name", obj.get("name"), pattern=_DNS_LABEL, hint=" (a DNS label: a-z, 0-9, '-')")
+        context = obj.get("context")
+        if not isinstance(context, str) or not context:
+            p.add(f"{key}.context", "is required: the kubeconfig context of this region's cluster")
+            context = None
+        kubeconfig = obj.get("kubeconfig")
+        if kubeconfig is not None and not isinstance(kubeconfig, str):
+            p.add(f"{key}.kubeconfig", "must be a path to a kubeconfig file")
+        bucket = obj.get("dataBucket")
+        if bucket is not None and not (
+            isinstance(bucket, str) and re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket)
+        ):
+            p.add(f"{key}.dataBucket", f"must be an S3 bucket name, got {bucket!r}")
+        registry_host = obj.get("registryHost")
+        if registry_host is not None and not (
+            isinstance(registry_host, str) and re.match(r"^[a-z0-9.-]+(:\d+)?$", registry_host)
+        ):
+            p.add(f"{key}.registryHost", f"must be a host name (this region's Harbor), got {registry_host!r}")
+        if name in names:
+            p.add(f"{key}.name", f"duplicate region name {name!r} (also regions[{names[name]}].name)")
+        elif name:
+            names[name] = i
+        if context in contexts:
+            p.add(
+                f"{key}.context",
+                f"{context!r} is already regions[{contexts[context]}]'s cluster; each region needs its own",
+            )
+        elif context:
+            contexts[context] = i
+        if name and context:
+            regions.append(
+                Region(
+                    name=name, context=context, kubeconfig=kubeconfig, data_bucket=bucket, registry_host=registry_host
+                )
+            )
+    return tuple(regions)
+
+
+def _parse_components(p: _Problems, raw: Any) -> dict[str, Component]:
+    obj = _object(p, "platform", raw, COMPONENTS)
+    components: dict[str, Component] = {}
+    for name in COMPONENTS:
+        key = f"platform.{name}"
+        if name not in obj:
+            p.add(key, "is required")
+            continue
+        allowed = ("enabled", "version", "repository") if name in CHART_COMPONENTS else ("enabled", "version")
+        item = _object(p, key, obj[name], allowed)
+        enabled = _bool(p, f"{key}.enabled", item.get("enabled", True))
+        version = item.get("version")
+        if not isinstance(version, str) or not _EXACT_VERSION.match(version):
+            p.add(f"{key}.version", f"must be an exact version like 1.2.3 (no ranges, no 'latest'), got {version!r}")
+            version = None
+        repository = item.get("repository")
+        if name in CHART_COMPONENTS and not (
+            isinstance(repository, str) and re.match(r"^(https://|oci://)\S+$", repository)
+        ):
+            p.add(f"{key}.repository", f"must be an https:// or oci:// chart repository, got {repository!r}")
+            repository = None
+        if enabled is not None and version is not None:
+            components[name] = Component(name, enabled, version, repository)
+    loadtester, flagger = components.get("flaggerLoadtester"), components.get("flagger")
+    if loadtester and flagger and loadtester.enabled and not flagger.enabled:
+        p.add("platform.flaggerLoadtester.enabled", "needs platform.flagger.enabled: true")
+    return components
+
+
+def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJECT_ROOT) -> StackConfig:
+    """Validate raw config (defaults already merged) into a StackConfig, or raise ConfigError."""
+    p = _Problems()
+    schema = project_schema(schema_root)
+    for key in sorted(set(raw) - set(schema)):
+        p.add(key, f"unknown key; known keys are {', '.join(sorted(schema))}")
+
+    strategy = _choice(p, "strategy", raw.get("strategy"), STRATEGIES)
+    delivery = _choice(p, "delivery", raw.get("delivery"), DELIVERIES)
+    environment = _choice(p, "environment", raw.get("environment"), ENVIRONMENTS)
+    regions = _parse_regions(p, raw.get("regions"))
+    components = _parse_components(p, raw.get("platform", {}))
+
+    def quantity(key: str, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        return _string(p, key, v, pattern=_QUANTITY, hint=" (a Kubernetes quantity such as 250m, 1, 512Mi)")
+
+    def integer(lo: float, hi: float) -> Callable[[str, Any], Any]:
+        return lambda k, v: _number(p, k, v, lo=lo, hi=hi, integer=True)
+
+    def real(lo: float, hi: float) -> Callable[[str, Any], Any]:
+        return lambda k, v: _number(p, k, v, lo=lo, hi=hi)
+
+    def text(k: str, v: Any) -> Any:
+        return _string(p, k, v)
+
+    def flag(k: str, v: Any) -> Any:
+        return _bool(p, k, v)
+
+    mlflow = _fields(
+        p,
+        "mlflow",
+        raw.get("mlflow"),
+        {
+            "artifactStore": lambda k, v: _choice(p, k, v, ARTIFACT_STORES),
+            "bucket": text,
+            "endpoint": lambda k, v: v if isinstance(v, str) else _string(p, k, v),
+            "region": text,
+            "postgresImage": lambda k, v: _pinned_image(p, k, v),
+            "minioImage": lambda k, v: _pinned_image(p, k, v),
+            "storageSize": quantity,
+        },
+    )
+    if mlflow and mlflow["artifactStore"] == "bucket" and not mlflow["endpoint"]:
+        p.add("mlflow.endpoint", "is required when mlflow.artifactStore is bucket (the S3 endpoint URL)")
+    registry = _fields(
+        p,
+        "registry",
+        raw.get("registry"),
+        {
+            "host": lambda k, v: _string(p, k, v, pattern=re.compile(r"^[a-z0-9.-]+(:\d+)?$"), hint=" (a host name)"),
+            "project": lambda k, v: _string(p, k, v, pattern=_DNS_LABEL, hint=" (a Harbor project name)"),
+        },
+    )
+    serving = _fields(
+        p,
+        "serving",
+        raw.get("serving"),
+        {
+            "replicas": integer(1, 100),
+            "minReplicas": integer(1, 100),
+            "maxReplicas": integer(1, 500),
+            "targetCpuUtilization": integer(10, 95),
+            "cpuRequest": quantity,
+            "cpuLimit": quantity,
+            "memoryRequest": quantity,
+            "memoryLimit": quantity,
+            "maxBatchSize": integer(1, 1024),
+            "maxBatchTime": real(0.0, 1.0),
+            "imageTag": lambda k, v: _string(
+                p,
+                k,
+                str(v) if isinstance(v, (int, float)) else v,
+                pattern=re.compile(r"^(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"),
+                hint=" (a pinned tag, not 'latest')",
+            ),
+        },
+    )
+    if serving:
+        if serving["minReplicas"] > serving["maxReplicas"]:
+            p.add("serving.minReplicas", f"must not exceed serving.maxReplicas ({serving['maxReplicas']})")
+        if not serving["minReplicas"] <= serving["replicas"] <= serving["maxReplicas"]:
+            p.add("serving.replicas", "must be between serving.minReplicas and serving.maxReplicas")
+
+    version_label = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+    model = _fields(
+        p,
+        "model",
+        raw.get("model"),
+        {
+            "name": lambda k, v: _string(p, k, v, pattern=re.compile(r"^[A-Za-z0-9_.-]+$")),
+            "stableVersion": lambda k, v: _string(p, k, v, pattern=version_label, hint=" (a label like v1)"),
+            "stableUri": lambda k, v: _string(
+                p,
+                k,
+                v,
+                pattern=_MODEL_URI,
+                hint=" (models:/name@alias, models:/name/N, runs:/, s3:// or an absolute path)",
+            ),
+            "candidateVersion": lambda k, v: _string(p, k, v, pattern=version_label, hint=" (a label like v2)"),
+            "candidateUri": lambda k, v: _string(
+                p,
+                k,
+                v,
+                pattern=_MODEL_URI,
+                hint=" (models:/name@alias, models:/name/N, runs:/, s3:// or an absolute path)",
+            ),
+        },
+    )
+    if model and model["stableVersion"] == model["candidateVersion"]:
+        p.add("model.candidateVersion", f"must differ from model.stableVersion ({model['stableVersion']!r})")
+
+    analysis = _fields(
+        p,
+        "analysis",
+        raw.get("analysis"),
+        {
+            "interval": integer(5, 3600),
+            "threshold": integer(1, 100),
+            "stepWeights": lambda k, v: _step_weights(p, k, v),
+            "minSuccessRate": real(50.0, 100.0),
+            "maxLatencyP99Ms": real(1.0, 60000.0),
+            "minPrecision": real(0.0, 1.0),
+            "minRecall": real(0.0, 1.0),
+            "minLabelledFrauds": integer(1, 100000),
+            "confidence": real(0.5, 0.999),
+            "manualPromotion": flag,
+            "autoPromotion": flag,
+            "scaleDownDelaySeconds": integer(0, 86400),
+        },
+    )
+    gate = _fields(
+        p,
+        "gate",
+        raw.get("gate"),
+        {
+            "minRecallGain": real(-1.0, 1.0),
+            "precisionBand": real(0.0, 1.0),
+            "maxAuprcLoss": real(0.0, 1.0),
+            "costMissedFraud": real(0.0, 1e9),
+            "costFalsePositive": real(0.0, 1e9),
+        },
+    )
+    webhook = raw.get("alertWebhookUrl", "")
+    if not isinstance(webhook, (str, dict)):
+        p.add("alertWebhookUrl", "must be a URL string set with `pulumi config set --secret`")
+
+    if p.items:
+        raise ConfigError(p.items)
+    assert strategy and delivery and environment and mlflow and registry and serving and model and analysis and gate
+    return StackConfig(
+        stack=stack,
+        strategy=strategy,
+        delivery=delivery,
+        environment=environment,
+        regions=regions,
+        components=components,
+        mlflow=MlflowSettings(
+            artifact_store=mlflow["artifactStore"],
+            bucket=mlflow["bucket"],
+            endpoint=mlflow["endpoint"],
+            region=mlflow["region"],
+            postgres_image=mlflow["postgresImage"],
+            minio_image=mlflow["minioImage"],
+            storage_size=mlflow["storageSize"],
+        ),
+        registry=RegistrySettings(host=registry["host"], project=registry["project"]),
+        serving=ServingSettings(
+            replicas=serving["replicas"],
+            min_replicas=serving["minReplicas"],
+            max_replicas=serving["maxReplicas"],
+            target_cpu_utilization=serving["targetCpuUtilization"],
+            cpu_request=serving["cpuRequest"],
+            cpu_limit=serving["cpuLimit"],
+            memory_request=serving["memoryRequest"],
+            memory_limit=serving["memoryLimit"],
+            max_batch_size=serving["maxBatchSize"],
+            max_batch_time=serving["maxBatchTime"],
+            image_tag=serving["imageTag"],
+        ),
+        model=ModelSettings(
+            name=model["name"],
+            stable_version=model["stableVersion"],
+            stable_uri=model["stableUri"],
+            candidate_version=model["candidateVersion"],
+            candidate_uri=model["candidateUri"],
+        ),
+        analysis=AnalysisSettings(
+            interval_seconds=analysis["interval"],
+            threshold=analysis["threshold"],
+            step_weights=tuple(analysis["stepWeights"]),
+            min_success_rate=analysis["minSuccessRate"],
+            max_latency_p99_ms=analysis["maxLatencyP99Ms"],
+            min_precision=analysis["minPrecision"],
+            min_recall=analysis["minRecall"],
+            min_labelled_frauds=analysis["minLabelledFrauds"],
+            confidence=analysis["confidence"],
+            manual_promotion=analysis["manualPromotion"],
+            auto_promotion=analysis["autoPromotion"],
+            scale_down_delay_seconds=analysis["scaleDownDelaySeconds"],
+        ),
+        gate=GateConfig(
+            min_recall_gain=gate["minRecallGain"],
+            precision_band=gate["precisionBand"],
+            max_auprc_loss=gate["maxAuprcLoss"],
+            cost_missed_fraud=gate["costMissedFraud"],
+            cost_false_positive=gate["costFalsePositive"],
+        ),
+        alerts_enabled=bool(webhook),
+    )
+
+
+def _step_weights(p: _Problems, key: str, value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list) or not value:
+        p.add(key, f"must be a non-empty list of increasing percentages in [1, 99], got {value!r}")
+        return None
+    weights: list[int] = []
+    for i, w in enumerate(value):
+        n = _number(p, f"{key}[{i}]", w, lo=1, hi=99, integer=True)
+        if n is None:
+            return None
+        weights.append(n)
+    for i in range(1, len(weights)):
+        if weights[i] <= weights[i - 1]:
+            p.add(key, f"must be strictly increasing, but {weights[i]} follows {weights[i - 1]} (e.g. [5, 10, 50])")
+            return None
+    return tuple(weights)
+
+
+def _pinned_image(p: _Problems, key: str, value: Any) -> str | None:
+    if not isinstance(value, str) or (":" not in value.rsplit("/", 1)[-1] and "@sha256:" not in value):
+        p.add(key, f"must be an image with a pinned tag or digest, got {value!r}")
+        return None
+    if value.endswith(":latest"):
+        p.add(key, f"must not use the 'latest' tag, got {value!r}")
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def resolve_raw(
+    stack: str, *, overrides: Mapping[str, Any] | None = None, root: Path = PROJECT_ROOT
+) -> tuple[dict[str, Any], set[str]]:
+    """Pulumi.yaml defaults, then Pulumi.<stack>.yaml, then overrides (each deep-merged)."""
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        stacks = sorted(f.name[len("Pulumi.") : -len(".yaml")] for f in root.glob("Pulumi.*.yaml"))
+        raise ConfigError([f"stack: no file {path.name}; known stacks are {', '.join(stacks)}"])
+    values, secure = stack_file_values(path)
+    raw = deep_merge(project_defaults(root), values)
+    if overrides:
+        raw = deep_merge(raw, dict(overrides))
+    return raw, secure
+
+
+def load_stack(stack: str, *, overrides: Mapping[str, Any] | None = None, root: Path = PROJECT_ROOT) -> StackConfig:
+    raw, _ = resolve_raw(stack, overrides=overrides, root=root)
+    return parse_config(raw, stack=stack, schema_root=root)
+
+
+def load_from_pulumi() -> StackConfig:
+    """Read every declared key from ``pulumi.Config`` and validate; called by __main__.py only."""
+    import pulumi
+
+    cfg = pulumi.Config(PROJECT)
+    raw = project_defaults()
+    for key, spec in project_schema().items():
+        if spec.get("secret"):
+            # Never read secret values here; only whether one is set (the program uses get_secret).
+            raw[key] = "set" if pulumi.runtime.config.get_config(f"{PROJECT}:{key}") else ""
+            continue
+        value = cfg.get(key)
+        if value is None:
+            continue
+        is_structured = spec.get("type") in ("array", None) or isinstance(spec.get("default"), (dict, list))
+        if is_structured:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raw[key] = value  # reported by parse_config as the wrong type
+                continue
+        raw[key] = deep_merge(raw.get(key), value) if isinstance(raw.get(key), dict) else value
+    return parse_config(raw, stack=pulumi.get_stack())

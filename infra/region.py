@@ -1,0 +1,125 @@
+"""One region: its own cluster provider, the full platform, the project image, and the fraud service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from infra import platform
+from infra.config import Region, StackConfig
+from infra.mlflow import MlflowTracking
+
+IMAGE_NAME = "fraud-platform"
+DOCKERFILE = "serving/Dockerfile"
+
+
+@dataclass(frozen=True)
+class RegionArgs:
+    config: StackConfig
+    region: Region
+
+
+def registry_host(config: StackConfig, region: Region) -> str:
+    return region.registry_host or config.registry.host
+
+
+def image_reference(config: StackConfig, region: Region) -> str:
+    return f"{registry_host(config, region)}/{config.registry.project}/{IMAGE_NAME}:{config.serving.image_tag}"
+
+
+class RegionStack(pulumi.ComponentResource):
+    """Everything one region runs. Platform tools first; the fraud service once their CRDs exist."""
+
+    def __init__(self, name: str, args: RegionArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("fraud:stack:RegionStack", name, None, opts)
+        import pulumi_kubernetes as kubernetes
+
+        config, region = args.config, args.region
+        self.provider = kubernetes.Provider(
+            f"{name}-k8s",
+            context=region.context,
+            kubeconfig=region.kubeconfig,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        base = platform.PlatformArgs(config=config, region=region, provider=self.provider)
+        child = pulumi.ResourceOptions(parent=self)
+        self.components: dict[str, platform.PlatformComponent] = {}
+
+        def add(key: str, component: platform.PlatformComponent) -> platform.PlatformComponent:
+            self.components[key] = component
+            return component
+
+        monitoring_deps: tuple[pulumi.Resource, ...] = ()
+        if config.enabled("monitoring"):
+            # Other charts create ServiceMonitors, so the Prometheus Operator CRDs come first.
+            monitoring = add("monitoring", platform.Monitoring(f"{name}-monitoring", base, child))
+            monitoring_deps = tuple(monitoring.crds_ready)
+        after_monitoring = platform.PlatformArgs(config, region, self.provider, monitoring_deps)
+        if config.enabled("istio"):
+            add("istio", platform.IstioMesh(f"{name}-istio", after_monitoring, child))
+        if config.enabled("harbor"):
+            harbor = add("harbor", platform.Harbor(f"{name}-harbor", after_monitoring, child))
+            self.image = self._project_image(name, config, region, harbor)
+        else:
+            self.image = None
+        image_ref: Any = self.image.repo_digest if self.image is not None else image_reference(config, region)
+        self.image_ref = image_ref
+        mlflow = None
+        if config.enabled("mlflow"):
+            mlflow = add("mlflow", MlflowTracking(f"{name}-mlflow", after_monitoring, image_ref, child))
+        if config.enabled("argoWorkflows") and mlflow is not None:
+            add(
+                "argoWorkflows",
+                platform.ArgoWorkflows(f"{name}-argo-workflows", after_monitoring, mlflow.artifact_store, child),
+            )
+        if config.enabled("argoRollouts"):
+            add("argoRollouts", platform.ArgoRollouts(f"{name}-argo-rollouts", after_monitoring, child))
+        if config.enabled("flagger"):
+            mesh = tuple(self.components["istio"].crds_ready) if "istio" in self.components else ()
+            flagger_args = platform.PlatformArgs(config, region, self.provider, monitoring_deps + mesh)
+            add("flagger", platform.Flagger(f"{name}-flagger", flagger_args, child))
+        if config.enabled("argocd"):
+            add("argocd", platform.ArgoCD(f"{name}-argocd", after_monitoring, child))
+
+        # The provider the fraud service is declared with: the cluster's own, or (delivery argocd) one
+        # that renders manifests to a folder for Argo CD to sync.
+        self.service_provider: pulumi.ProviderResource = self.provider
+        # --- fraud service (issue 5) ---
+        # --- pipeline and GitOps (issue 6) ---
+
+        # Public outputs (URLs, Secret names) apart from passwords, so one secret does not make the
+        # whole region's outputs opaque in `pulumi stack output`.
+        self.outputs: dict[str, Any] = {"context": region.context}
+        self.passwords: dict[str, Any] = {}
+        for key, component in self.components.items():
+            self.outputs[key] = {k: v for k, v in component.outputs.items() if not k.endswith("password")}
+            for k, v in component.outputs.items():
+                if k.endswith("password"):
+                    self.passwords[f"{key}_{k}"] = v
+        self.register_outputs({**self.outputs, "passwords": pulumi.Output.secret(self.passwords)})
+
+    def crds_ready(self, *components: str) -> list[pulumi.Resource]:
+        """What a custom resource served by these components must depend on."""
+        ready: list[pulumi.Resource] = []
+        for key in components:
+            if key in self.components:
+                ready.extend(self.components[key].crds_ready)
+        return ready
+
+    def _project_image(self, name: str, config: StackConfig, region: Region, harbor: platform.Harbor) -> Any:
+        """Build the project image (serving and MLflow) and push it to this region's Harbor."""
+        import pulumi_docker as docker
+
+        provider = docker.Provider(f"{name}-docker", opts=pulumi.ResourceOptions(parent=self))
+        return docker.Image(
+            f"{name}-image",
+            image_name=image_reference(config, region),
+            build=docker.DockerBuildArgs(context=".", dockerfile=DOCKERFILE, platform="linux/amd64"),
+            registry=docker.RegistryArgs(
+                server=registry_host(config, region), username="admin", password=harbor.admin_password
+            ),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[harbor.release_resource]),
+        )

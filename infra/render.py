@@ -1,0 +1,290 @@
+"""Offline render: run the real Pulumi program under the SDK's mock engine and record every resource.
+
+No pulumi CLI, no cluster. Config comes from Pulumi.yaml defaults, then ``Pulumi.<stack>.yaml``, then
+``--set`` overrides, exactly as the program would see it. Each registered resource is recorded with its
+inputs (secret values kept wrapped, so they can be replaced by a marker), parent, explicit
+dependencies and provider; ``write_render`` turns that into per-region manifests and Helm releases.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import os
+import runpy
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.config import PROJECT, PROJECT_ROOT, StackConfig, load_stack, resolve_raw
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SECRET_MARKER = "<secret>"
+# Values the mocks hand out for generated secrets: tests assert none of them leaks into plain output.
+MOCK_SECRET_PREFIX = "mock-secret-"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+@dataclass
+class RecordedResource:
+    urn: str
+    type: str
+    name: str
+    parent: str
+    provider: str
+    dependencies: list[str]
+    inputs: dict[str, Any]
+    custom: bool
+
+    @property
+    def is_kubernetes_object(self) -> bool:
+        return (
+            self.custom
+            and self.type.startswith("kubernetes:")
+            and self.type != HELM_RELEASE
+            and not self.type.startswith("pulumi:providers:")
+        )
+
+
+@dataclass
+class RenderResult:
+    config: StackConfig
+    resources: list[RecordedResource]
+    stack_outputs: dict[str, Any]
+    generated_secrets: list[str] = field(default_factory=list)
+
+    @property
+    def known_secrets(self) -> frozenset[str]:
+        return frozenset(self.generated_secrets)
+
+    def by_urn(self) -> dict[str, RecordedResource]:
+        return {r.urn: r for r in self.resources}
+
+    def region_of(self, resource: RecordedResource) -> str:
+        """Regions are named by their provider: ``region-<name>-k8s``."""
+        provider_name = resource.provider.split("::")[-2] if "::" in resource.provider else ""
+        if provider_name.startswith("region-") and provider_name.endswith("-k8s"):
+            return provider_name[len("region-") : -len("-k8s")]
+        return ""
+
+    def manifests(self, region: str) -> list[dict[str, Any]]:
+        return [
+            kubernetes_object(r, self.known_secrets)
+            for r in self.resources
+            if r.is_kubernetes_object and self.region_of(r) == region
+        ]
+
+    def helm_releases(self, region: str) -> list[dict[str, Any]]:
+        releases = []
+        for r in self.resources:
+            if r.type == HELM_RELEASE and self.region_of(r) == region:
+                inputs = wire(r.inputs, self.known_secrets)
+                releases.append(
+                    {
+                        "name": inputs.get("name"),
+                        "namespace": inputs.get("namespace"),
+                        "chart": inputs.get("chart"),
+                        "repo": (inputs.get("repositoryOpts") or {}).get("repo"),
+                        "version": inputs.get("version"),
+                        "values": inputs.get("values") or {},
+                    }
+                )
+        return releases
+
+
+def wire(value: Any, secrets: frozenset[str] = frozenset(), *, in_secret: bool = False) -> Any:
+    """Wire format: secrets to the marker, integral floats (the mock engine's numbers) to ints, None dropped.
+
+    The SDK lifts a secret to the top-level input that holds it (a whole Helm ``values`` becomes one
+    secret); inside such a value only strings carrying a known secret are masked, so the rest stays readable.
+    """
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG) == SECRET_VALUE_SIG:
+            inner = value.get("value")
+            if isinstance(inner, (dict, list)):
+                return wire(inner, secrets, in_secret=True)
+            return SECRET_MARKER
+        return {k: wire(v, secrets, in_secret=in_secret) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [wire(v, secrets, in_secret=in_secret) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if in_secret and isinstance(value, str) and any(secret in value for secret in secrets):
+        return SECRET_MARKER
+    return value
+
+
+def kubernetes_object(resource: RecordedResource, secrets: frozenset[str] = frozenset()) -> dict[str, Any]:
+    obj = wire(resource.inputs, secrets)
+    ordered = {"apiVersion": obj.pop("apiVersion"), "kind": obj.pop("kind"), "metadata": obj.pop("metadata", {})}
+    ordered.update(obj)
+    return ordered
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mock engine
+
+
+def _secret(value: Any) -> dict[str, Any]:
+    return {SECRET_SIG: SECRET_VALUE_SIG, "value": value}
+
+
+def _build_mocks() -> Any:
+    from pulumi.runtime import mocks
+
+    class RecordingMocks(mocks.Mocks):
+        """Plays the providers: returns inputs as state plus what real providers would compute."""
+
+        def __init__(self) -> None:
+            self.generated_secrets: list[str] = []
+
+        def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+            state = dict(args.inputs)
+            if args.typ == "random:index/randomPassword:RandomPassword":
+                digest = hashlib.sha256(args.name.encode()).hexdigest()
+                length = int(args.inputs.get("length", 24))
+                value = (MOCK_SECRET_PREFIX + digest)[: max(length, len(MOCK_SECRET_PREFIX) + 8)]
+                bcrypt = "$2a$10$" + digest[:53]
+                self.generated_secrets += [value, bcrypt]
+                # The random provider marks these outputs secret; so must the mock.
+                state["result"] = _secret(value)
+                state["bcryptHash"] = _secret(bcrypt)
+            elif args.typ == HELM_RELEASE:
+                state["status"] = {
+                    "name": args.inputs.get("name", args.name),
+                    "namespace": args.inputs.get("namespace", "default"),
+                    "chart": args.inputs.get("chart"),
+                    "version": args.inputs.get("version"),
+                    "status": "deployed",
+                    "revision": 1,
+                }
+            elif args.typ == "docker:index/image:Image":
+                name = str(args.inputs.get("imageName", args.name))
+                digest = hashlib.sha256(name.encode()).hexdigest()
+                state["repoDigest"] = f"{name.rsplit(':', 1)[0]}@sha256:{digest}"
+            return f"{args.name}-id", state
+
+        def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], None]:
+            return {}, None
+
+    class RecordingMonitor(mocks.MockMonitor):
+        """Keeps what the base mock monitor drops: parent, dependencies, raw inputs, stack outputs."""
+
+        def __init__(self, m: RecordingMocks) -> None:
+            super().__init__(m)
+            self.recorded: list[RecordedResource] = []
+            self.stack_outputs: dict[str, Any] = {}
+
+        def RegisterResource(self, request: Any) -> Any:
+            from pulumi.runtime import rpc
+
+            response = super().RegisterResource(request)
+            if request.type != "pulumi:pulumi:Stack":
+                self.recorded.append(
+                    RecordedResource(
+                        urn=response.urn,
+                        type=request.type,
+                        name=request.name,
+                        parent=request.parent,
+                        provider=request.provider,
+                        dependencies=list(request.dependencies),
+                        inputs=rpc.deserialize_properties(request.object),
+                        custom=bool(request.custom),
+                    )
+                )
+            return response
+
+        def RegisterResourceOutputs(self, request: Any) -> Any:
+            from pulumi.runtime import rpc
+
+            if request.urn.split("::")[-2] == "pulumi:pulumi:Stack":
+                self.stack_outputs = rpc.deserialize_properties(request.outputs)
+            return super().RegisterResourceOutputs(request)
+
+    m = RecordingMocks()
+    return m, RecordingMonitor(m)
+
+
+def pulumi_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    """What the CLI hands the program: namespaced keys, structured values as JSON strings."""
+    config = {"pulumi:disable-default-providers": json.dumps(["*"])}
+    for key, value in raw.items():
+        config[f"{PROJECT}:{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return config
+
+
+def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, root: Path = PROJECT_ROOT) -> RenderResult:
+    """Validate config (raises ConfigError), then run ``__main__.py`` under mocks and record it."""
+    config = load_stack(stack, overrides=overrides, root=root)
+    raw, secure = resolve_raw(stack, overrides=overrides, root=root)
+    for key in secure:
+        raw[key] = SECRET_MARKER  # encrypted stack values cannot be read offline; keep them secret
+    return contextvars.Context().run(_run_isolated, stack, config, raw, secure, root)
+
+
+def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: set[str], root: Path) -> RenderResult:
+    import pulumi
+    from pulumi.runtime import mocks
+    from pulumi.runtime.settings import ROOT
+    from pulumi.runtime.stack import run_in_stack, run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    m, monitor = _build_mocks()
+    pulumi.runtime.set_all_config(pulumi_config_map(raw), [f"{PROJECT}:{k}" for k in secure])
+    # preview=False: with a preview the engine leaves outputs unknown and apply() callbacks never run.
+    mocks.set_mocks(m, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    # set_mocks finishes its own root stack at once; run in a fresh one so exports are recorded.
+    ROOT.set(None)
+    cwd = os.getcwd()
+    os.chdir(root)  # the program resolves the Docker build context relative to the project
+    try:
+        program = lambda: runpy.run_path(str(root / "__main__.py"), run_name="__main__")  # noqa: E731
+        _sync_await(run_pulumi_func(lambda: run_in_stack(program)))
+    finally:
+        os.chdir(cwd)
+    return RenderResult(config, monitor.recorded, monitor.stack_outputs, m.generated_secrets)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+
+
+def write_render(result: RenderResult, out: Path) -> list[Path]:
+    """Write ``<out>/<region>/manifests.yaml`` and ``helm-releases.yaml`` (and stack outputs) atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out.parent))
+    written: list[Path] = []
+    try:
+        for region in result.config.regions:
+            region_dir = staging / region.name
+            region_dir.mkdir()
+            (region_dir / "manifests.yaml").write_text(
+                yaml.safe_dump_all(result.manifests(region.name), sort_keys=False, width=120)
+            )
+            (region_dir / "helm-releases.yaml").write_text(
+                yaml.safe_dump(result.helm_releases(region.name), sort_keys=False, width=120)
+            )
+            written += [out / region.name / "manifests.yaml", out / region.name / "helm-releases.yaml"]
+        (staging / "stack-outputs.yaml").write_text(
+            yaml.safe_dump(wire(result.stack_outputs, result.known_secrets), sort_keys=False)
+        )
+        written.append(out / "stack-outputs.yaml")
+        if out.exists():
+            backup = out.with_name(out.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out.rename(backup)
+            staging.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written

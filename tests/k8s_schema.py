@@ -14,7 +14,7 @@ Usage from a test (pytest puts tests/ on sys.path because tests/ has no __init__
     assert validate_objects(rendered_objects) == []
 
 Errors read `<kind>/<name>: <path>: <message>`, e.g.
-`Canary/fraud-detector: spec.analysis.stepWieght: unknown field (did you mean "stepWeight"?)`.
+`Canary/fraud-detector: spec.analysis.stepWieght: unknown field (did you mean 'stepWeight'?)`.
 """
 
 from __future__ import annotations
@@ -176,8 +176,7 @@ class SchemaRegistry:
 
     def _custom_problems(self, custom: _CustomKind, obj: dict) -> list[tuple[tuple[Any, ...], str]]:
         # The API server defaults before it validates (a defaulted field satisfies `required`, and CEL
-        # rules see defaulted values), so validate a defaulted copy.
-        obj = copy.deepcopy(obj)
+        # rules see defaulted values). `obj` is already our own copy (see _plain_json), so default in place.
         _apply_defaults(custom.schema, obj)
         problems = list(_schema_problems(custom.validator, obj))
         metadata = obj.get("metadata")
@@ -216,7 +215,7 @@ class SchemaRegistry:
             raw_schema = crd["schemas"][version]
             self._crd_schemas[key] = _CustomKind(
                 schema=raw_schema,
-                validator=_CRD_VALIDATOR_CLASS(_translate(raw_schema, root=True), format_checker=_FORMATS),
+                validator=_LAZY.crd(_translate(raw_schema, root=True), format_checker=_formats()),
                 scope=entry.scope,
                 has_cel=self._compile_cel_rules(f"{kind}/{version}", raw_schema),
             )
@@ -489,13 +488,22 @@ class _LazyValidatorClass:
     def crd(self) -> Any:
         import jsonschema
 
-        return jsonschema.validators.extend(jsonschema.Draft202012Validator,
-                                            validators={"x-list-map-keys": _list_map_keys})
+        return jsonschema.validators.extend(self.builtin, validators={"x-list-map-keys": _list_map_keys})
+
+    @functools.cached_property
+    def builtin(self) -> Any:
+        import jsonschema
+
+        # JSON Schema counts 2.0 as an integer; the API server's JSON decoding does not.
+        strict_types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+            "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+        return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict_types)
 
     @functools.cached_property
     def formats(self) -> Any:
         import jsonschema
 
+        # Only the integer ranges: the API server also checks e.g. date-time and byte, which we do not.
         checker = jsonschema.FormatChecker(formats=())
 
         @checker.checks("int32")
@@ -510,18 +518,6 @@ class _LazyValidatorClass:
 
 
 _LAZY = _LazyValidatorClass()
-
-
-def _CRD_VALIDATOR_CLASS(schema: dict, format_checker: Any) -> Any:  # noqa: N802 - reads like a class
-    return _LAZY.crd(schema, format_checker=format_checker)
-
-
-class _Formats:
-    def __get__(self, *_: object) -> Any:
-        return _LAZY.formats
-
-
-_FORMATS: Any = None  # replaced below by the lazily built format checker
 
 
 def _formats() -> Any:
@@ -573,13 +569,13 @@ def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
     registry = Registry().with_resource(base_uri, Resource.from_contents(definitions))
     kinds: dict[tuple[str, str, str], str] = {}
     for name, schema in definitions["$defs"].items():
+        if name.startswith("io.k8s.apimachinery."):
+            continue  # DeleteOptions/WatchEvent claim every group/version (even removed ones): not storable
         for gvk in schema.get("x-kubernetes-group-version-kind", []):
             kinds[(gvk["group"], gvk["version"], gvk["kind"])] = name
 
     def make_validator(def_name: str) -> Any:
-        import jsonschema
-
-        return jsonschema.Draft202012Validator({"$ref": f"{base_uri}#/$defs/{def_name}"}, registry=registry,
+        return _LAZY.builtin({"$ref": f"{base_uri}#/$defs/{def_name}"}, registry=registry,
                                                format_checker=_formats())
 
     return _BuiltinSchemas(kinds=kinds, make_validator=make_validator)
@@ -600,10 +596,10 @@ def _explain(error: Any, path: tuple) -> list[tuple[tuple, str]]:
     kind, value, instance, schema = error.validator, error.validator_value, error.instance, error.schema
     if kind == "additionalProperties" and value is False and isinstance(instance, dict):
         known = sorted(schema.get("properties", {}))
-        return [(path + (extra,), _unknown_field_message(extra, known))
+        return [((*path, extra), _unknown_field_message(extra, known))
                 for extra in sorted(set(instance) - set(known))]
     if kind == "required" and isinstance(instance, dict):
-        return [(path + (name,), "required field is missing") for name in value if name not in instance]
+        return [((*path, name), "required field is missing") for name in value if name not in instance]
     if kind == "type":
         expected = value if isinstance(value, list) else [value]
         if instance is None:
@@ -1006,7 +1002,7 @@ def _cel_unquote(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1), m.group(1)), body)
 
 
-def _cel_eval(node: tuple, env: dict[str, Any]) -> Any:  # noqa: C901 - one branch per node type
+def _cel_eval(node: tuple, env: dict[str, Any]) -> Any:
     tag = node[0]
     if tag == "lit":
         return node[1]
@@ -1077,9 +1073,9 @@ def _cel_operator(op: str, left_node: tuple, right_node: tuple, env: dict[str, A
         return not decisive
     left, right = _cel_eval(left_node, env), _cel_eval(right_node, env)
     if op == "==":
-        return left == right and type(left) is type(right) or _cel_numeric_equal(left, right)
+        return _cel_equal(left, right)
     if op == "!=":
-        return not (left == right and type(left) is type(right) or _cel_numeric_equal(left, right))
+        return not _cel_equal(left, right)
     if op == "in":
         if not isinstance(right, list | dict):
             raise _CelEvalError(f"'in' on {_json_type(right)}")
@@ -1091,7 +1087,7 @@ def _cel_operator(op: str, left_node: tuple, right_node: tuple, env: dict[str, A
             raise _CelEvalError(f"cannot compare {_json_type(left)} with {_json_type(right)}")
         return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
     if op == "+":
-        if isinstance(left, str) and isinstance(right, str) or isinstance(left, list) and isinstance(right, list):
+        if isinstance(left, str | list) and type(left) is type(right):
             return left + right
         return _cel_number(left) + _cel_number(right)
     left_number, right_number = _cel_number(left), _cel_number(right)
@@ -1162,8 +1158,10 @@ def _cel_number(value: Any) -> int | float:
     return value
 
 
-def _cel_numeric_equal(left: Any, right: Any) -> bool:
-    return _is_number(left) and _is_number(right) and left == right
+def _cel_equal(left: Any, right: Any) -> bool:
+    if _is_number(left) and _is_number(right):
+        return left == right  # CEL compares int, uint and double by value
+    return type(left) is type(right) and left == right
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands; each defines register(commands, bench).
-COMMAND_MODULES = ("infra.cli", "model.cli", "serving.cli", "rehearsal.cli", "infra.pipeline_cli")
+COMMAND_MODULES = ("infra.cli", "model.cli", "serving.cli", "rehearsal.cli", "infra.pipeline_cli", "infra.replay")
 
 
 class UsageError(Exception):

@@ -36,10 +36,17 @@ CHART_COMPONENTS = (
 )
 COMPONENTS = (*CHART_COMPONENTS, "mlflow")
 ARTIFACT_STORES = ("minio", "bucket")
+# pipeline.propose: how the training pipeline proposes a new model version to the stack config.
+PROPOSE_MODES = ("pull-request", "commit")
+REGION_KEYS = ("name", "context", "kubeconfig", "dataBucket", "registryHost", "wave", "apiServer")
+# serving.simulateError: the value of SIMULATE_ERROR on the rolled-out version ("false" = no fault).
+SIMULATED_FAULTS = ("false", "true", "degrade")
+MODEL_TARGETS = ("candidate", "stable")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_GIT_HTTPS_URL = re.compile(r"^https://[^/\s]+/(?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+?)(\.git)?/?$")
 _MODEL_URI = re.compile(r"^(models:/[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+|/\d+)|runs:/\S+|s3://\S+|/\S+)$")
 
 
@@ -58,6 +65,11 @@ class Region:
     kubeconfig: str | None = None
     data_bucket: str | None = None
     registry_host: str | None = None
+    # Rollout wave (0 first): a region starts its canary only after every region of the previous wave
+    # promoted. Default: its position in ``regions``. ``api_server``: the URL other regions' wave gates
+    # read this region's rollout status from (required when a later wave waits on this region).
+    wave: int = 0
+    api_server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,7 @@ class ServingSettings:
     max_batch_size: int
     max_batch_time: float
     image_tag: str
+    simulate_error: str = "false"
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,18 @@ class ModelSettings:
     stable_uri: str
     candidate_version: str
     candidate_uri: str
+    target: str = "candidate"
+    # model.metricsFile resolved, and its validated content (JSON text); empty when not set.
+    metrics_file: str = ""
+    metrics_json: str = ""
+
+    @property
+    def target_version(self) -> str:
+        return self.candidate_version if self.target == "candidate" else self.stable_version
+
+    @property
+    def target_uri(self) -> str:
+        return self.candidate_uri if self.target == "candidate" else self.stable_uri
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,7 @@ class AnalysisSettings:
     manual_promotion: bool
     auto_promotion: bool
     scale_down_delay_seconds: int
+    feedback_window_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -134,6 +160,34 @@ class GateConfig:
     max_auprc_loss: float
     cost_missed_fraud: float
     cost_false_positive: float
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    """The repository this program lives in: Argo CD syncs it, the training pipeline proposes to it."""
+
+    url: str = "https://github.com/example-org/fraud-platform.git"
+    revision: str = "main"
+    api_url: str = "https://api.github.com"
+
+    @property
+    def github_repository(self) -> str | None:
+        """``owner/name`` when ``url`` is a GitHub-style https URL, else None."""
+        match = _GIT_HTTPS_URL.match(self.url)
+        return f"{match['owner']}/{match['name']}" if match else None
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The training pipeline (Argo WorkflowTemplate ``fraud-model-training``), see infra/pipeline.py."""
+
+    enabled: bool = True
+    propose: str = "pull-request"
+    workspace_size: str = "4Gi"
+    buildkit_image: str = "moby/buildkit:v0.18.2-rootless"
+    data_key: str = "creditcard.csv"
+    train_cpu_limit: str = "2"
+    train_memory_limit: str = "6Gi"
 
 
 @dataclass(frozen=True)
@@ -152,6 +206,20 @@ class StackConfig:
     gate: GateConfig
     alerts_enabled: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    git: GitSettings = field(default_factory=GitSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    # Whether the secret gitToken is set (its value is only ever read as a Pulumi secret).
+    git_token_set: bool = False
+
+    def waves(self) -> list[tuple[Region, ...]]:
+        """Regions grouped by rollout wave, first wave first."""
+        order = sorted({r.wave for r in self.regions})
+        return [tuple(r for r in self.regions if r.wave == w) for w in order]
+
+    def upstream_regions(self, region: Region) -> tuple[Region, ...]:
+        """The regions of the wave just before ``region``'s: they must promote before it starts."""
+        earlier = [w for w in self.waves() if w[0].wave < region.wave]
+        return earlier[-1] if earlier else ()
 
     def enabled(self, component: str) -> bool:
         return self.components[component].enabled
@@ -313,7 +381,7 @@ def _parse_regions(p: _Problems, raw: Any) -> tuple[Region, ...]:
     contexts: dict[str, int] = {}
     for i, item in enumerate(raw):
         key = f"regions[{i}]"
-        obj = _object(p, key, item, ("name", "context", "kubeconfig", "dataBucket", "registryHost"))
+        obj = _object(p, key, item, REGION_KEYS)
         if not obj:
             continue
         name = _string(p, f"{key}.name", obj.get("name"), pattern=_DNS_LABEL, hint=" (a DNS label: a-z, 0-9, '-')")
@@ -334,6 +402,11 @@ def _parse_regions(p: _Problems, raw: Any) -> tuple[Region, ...]:
             isinstance(registry_host, str) and re.match(r"^[a-z0-9.-]+(:\d+)?$", registry_host)
         ):
             p.add(f"{key}.registryHost", f"must be a host name (this region's Harbor), got {registry_host!r}")
+        wave = _number(p, f"{key}.wave", obj.get("wave", i), lo=0, hi=100, integer=True)
+        api_server = obj.get("apiServer")
+        if api_server is not None and not (isinstance(api_server, str) and re.match(r"^https://\S+$", api_server)):
+            p.add(f"{key}.apiServer", f"must be the https:// URL of this region's Kubernetes API, got {api_server!r}")
+            api_server = None
         if name in names:
             p.add(f"{key}.name", f"duplicate region name {name!r} (also regions[{names[name]}].name)")
         elif name:
@@ -348,7 +421,13 @@ def _parse_regions(p: _Problems, raw: Any) -> tuple[Region, ...]:
         if name and context:
             regions.append(
                 Region(
-                    name=name, context=context, kubeconfig=kubeconfig, data_bucket=bucket, registry_host=registry_host
+                    name=name,
+                    context=context,
+                    kubeconfig=kubeconfig,
+                    data_bucket=bucket,
+                    registry_host=registry_host,
+                    wave=wave if wave is not None else i,
+                    api_server=api_server,
                 )
             )
     return tuple(regions)
@@ -460,6 +539,9 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
                 pattern=re.compile(r"^(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"),
                 hint=" (a pinned tag, not 'latest')",
             ),
+            "simulateError": lambda k, v: _choice(
+                p, k, str(v).lower() if isinstance(v, (bool, str)) else v, SIMULATED_FAULTS
+            ),
         },
     )
     if serving:
@@ -467,6 +549,11 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             p.add("serving.minReplicas", f"must not exceed serving.maxReplicas ({serving['maxReplicas']})")
         if not serving["minReplicas"] <= serving["replicas"] <= serving["maxReplicas"]:
             p.add("serving.replicas", "must be between serving.minReplicas and serving.maxReplicas")
+        if serving["maxBatchSize"] > 1 and serving["maxBatchTime"] <= 0:
+            p.add(
+                "serving.maxBatchTime",
+                "must be > 0 when serving.maxBatchSize > 1 (MLServer ignores batching otherwise)",
+            )
 
     version_label = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
     model = _fields(
@@ -491,10 +578,15 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
                 pattern=_MODEL_URI,
                 hint=" (models:/name@alias, models:/name/N, runs:/, s3:// or an absolute path)",
             ),
+            "target": lambda k, v: _choice(p, k, v, MODEL_TARGETS),
+            "metricsFile": lambda k, v: v if isinstance(v, str) else _string(p, k, v),
         },
     )
     if model and model["stableVersion"] == model["candidateVersion"]:
         p.add("model.candidateVersion", f"must differ from model.stableVersion ({model['stableVersion']!r})")
+    metrics_file, metrics_json = "", ""
+    if model and model["metricsFile"]:
+        metrics_file, metrics_json = _model_metrics(p, "model.metricsFile", model["metricsFile"], model)
 
     analysis = _fields(
         p,
@@ -513,6 +605,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             "manualPromotion": flag,
             "autoPromotion": flag,
             "scaleDownDelaySeconds": integer(0, 86400),
+            "feedbackWindow": integer(60, 86400),
         },
     )
     gate = _fields(
@@ -527,10 +620,16 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             "costFalsePositive": real(0.0, 1e9),
         },
     )
+    # What each strategy's objects need in the cluster (their CRDs and controllers, and Prometheus for analysis).
+    needs = {"canary": ("flagger", "istio", "monitoring"), "blue-green": ("argoRollouts", "monitoring")}
+    for name in needs.get(strategy or "", ()):
+        if name in components and not components[name].enabled:
+            p.add(f"platform.{name}.enabled", f"must be true for strategy {strategy} (it runs the rollout)")
     webhook = raw.get("alertWebhookUrl", "")
     if not isinstance(webhook, (str, dict)):
         p.add("alertWebhookUrl", "must be a URL string set with `pulumi config set --secret`")
 
+    git, pipeline_settings = _parse_delivery(p, raw, regions, components, mlflow)
     if p.items:
         raise ConfigError(p.items)
     assert strategy and delivery and environment and mlflow and registry and serving and model and analysis and gate
@@ -563,6 +662,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             max_batch_size=serving["maxBatchSize"],
             max_batch_time=serving["maxBatchTime"],
             image_tag=serving["imageTag"],
+            simulate_error=serving["simulateError"],
         ),
         model=ModelSettings(
             name=model["name"],
@@ -570,6 +670,9 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             stable_uri=model["stableUri"],
             candidate_version=model["candidateVersion"],
             candidate_uri=model["candidateUri"],
+            target=model["target"],
+            metrics_file=metrics_file,
+            metrics_json=metrics_json,
         ),
         analysis=AnalysisSettings(
             interval_seconds=analysis["interval"],
@@ -584,6 +687,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             manual_promotion=analysis["manualPromotion"],
             auto_promotion=analysis["autoPromotion"],
             scale_down_delay_seconds=analysis["scaleDownDelaySeconds"],
+            feedback_window_seconds=analysis["feedbackWindow"],
         ),
         gate=GateConfig(
             min_recall_gain=gate["minRecallGain"],
@@ -593,6 +697,9 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             cost_false_positive=gate["costFalsePositive"],
         ),
         alerts_enabled=bool(webhook),
+        git=git,
+        pipeline=pipeline_settings,
+        git_token_set=bool(raw.get("gitToken")),
     )
 
 
@@ -611,6 +718,140 @@ def _step_weights(p: _Problems, key: str, value: Any) -> tuple[int, ...] | None:
             p.add(key, f"must be strictly increasing, but {weights[i]} follows {weights[i - 1]} (e.g. [5, 10, 50])")
             return None
     return tuple(weights)
+
+
+def _model_metrics(p: _Problems, key: str, value: str, model: Mapping[str, Any]) -> tuple[str, str]:
+    """The candidate's evaluation metrics (``metrics-<version>.json`` from the offline gate), checked."""
+    from model.paths import fraud_home
+
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = fraud_home() / path
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        p.add(key, f"{path} does not exist; run the evaluation first or set the key to \"\" to publish no metrics")
+        return "", ""
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        p.add(key, f"{path} is not a readable JSON file ({exc})")
+        return "", ""
+    if not isinstance(payload, dict):
+        p.add(key, f"{path} must hold a JSON object of evaluation metrics, got {type(payload).__name__}")
+        return "", ""
+    candidate = model.get("candidateVersion")
+    if payload.get("model_version") != candidate:
+        p.add(
+            key,
+            f"{path} has model_version {payload.get('model_version')!r} but model.candidateVersion is "
+            f"{candidate!r}; point it at metrics-{candidate}.json",
+        )
+        return "", ""
+    for name in ("precision", "recall"):
+        figure = payload.get(name)
+        if isinstance(figure, bool) or not isinstance(figure, (int, float)) or not 0.0 <= figure <= 1.0:
+            p.add(key, f"{path}: {name} must be a number in [0, 1], got {figure!r}")
+            return "", ""
+    return str(path), json.dumps(payload, sort_keys=True)
+
+
+def _parse_delivery(
+    p: _Problems,
+    raw: Mapping[str, Any],
+    regions: tuple[Region, ...],
+    components: Mapping[str, Component],
+    mlflow: Mapping[str, Any] | None,
+) -> tuple[GitSettings, PipelineSettings]:
+    """git, gitToken, pipeline, the delivery's needs and the regions' rollout waves (infra/pipeline.py,
+    infra/gitops.py, infra/waves.py)."""
+    git_raw = _object(p, "git", raw.get("git", {}), ("url", "revision", "apiUrl"))
+    git = GitSettings()
+    url = git_raw.get("url", git.url)
+    revision = git_raw.get("revision", git.revision)
+    api_url = git_raw.get("apiUrl", git.api_url)
+    if not isinstance(url, str) or not re.match(r"^(https://|ssh://|git@)\S+$", url):
+        p.add("git.url", f"must be the repository's https:// (or ssh://, git@) clone URL, got {url!r}")
+    if not isinstance(revision, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$", revision):
+        p.add("git.revision", f"must be a branch, tag or commit (e.g. main), got {revision!r}")
+    if not isinstance(api_url, str) or not re.match(r"^https?://\S+$", api_url):
+        p.add("git.apiUrl", f"must be the http(s) URL of the GitHub REST API, got {api_url!r}")
+    git = GitSettings(url=str(url), revision=str(revision), api_url=str(api_url).rstrip("/"))
+    token = raw.get("gitToken", "")
+    if not isinstance(token, (str, dict)):
+        p.add("gitToken", "must be a token string set with `pulumi config set --secret gitToken`")
+
+    defaults = PipelineSettings()
+    known = ("enabled", "propose", "workspaceSize", "buildkitImage", "dataKey", "trainCpuLimit", "trainMemoryLimit")
+    pipe = _object(p, "pipeline", raw.get("pipeline", {}), known)
+    enabled = _bool(p, "pipeline.enabled", pipe.get("enabled", defaults.enabled))
+    propose = _choice(p, "pipeline.propose", pipe.get("propose", defaults.propose), PROPOSE_MODES)
+    quantities = {}
+    for name, default in (
+        ("workspaceSize", defaults.workspace_size),
+        ("trainCpuLimit", defaults.train_cpu_limit),
+        ("trainMemoryLimit", defaults.train_memory_limit),
+    ):
+        value = pipe.get(name, default)
+        value = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        quantities[name] = _string(
+            p, f"pipeline.{name}", value, pattern=_QUANTITY, hint=" (a Kubernetes quantity such as 2, 4Gi)"
+        )
+    buildkit = _pinned_image(p, "pipeline.buildkitImage", pipe.get("buildkitImage", defaults.buildkit_image))
+    data_key = pipe.get("dataKey", defaults.data_key)
+    if not isinstance(data_key, str) or not re.match(r"^[A-Za-z0-9!_.*'()/-]{1,1024}$", data_key):
+        p.add("pipeline.dataKey", f"must be the S3 object key of the training CSV, got {data_key!r}")
+    if propose == "pull-request" and git.github_repository is None:
+        p.add("pipeline.propose", f"pull-request needs git.url to be a https://<host>/<owner>/<name> URL, got {url!r}")
+    pipeline_settings = PipelineSettings(
+        enabled=bool(enabled),
+        propose=propose or defaults.propose,
+        workspace_size=quantities["workspaceSize"] or defaults.workspace_size,
+        buildkit_image=buildkit or defaults.buildkit_image,
+        data_key=str(data_key),
+        train_cpu_limit=quantities["trainCpuLimit"] or defaults.train_cpu_limit,
+        train_memory_limit=quantities["trainMemoryLimit"] or defaults.train_memory_limit,
+    )
+
+    if raw.get("delivery") == "argocd" and "argocd" in components and not components["argocd"].enabled:
+        p.add("delivery", "argocd needs platform.argocd.enabled: true (Argo CD syncs the rendered manifests)")
+    if len(regions) > 1 and mlflow and mlflow.get("artifactStore") == "bucket":
+        # One configured bucket would hold every region's artifacts: data residency says each region keeps
+        # its own, which the in-cluster MinIO of each region does.
+        p.add(
+            "mlflow.artifactStore",
+            "bucket is one bucket for all regions; a multi-region stack keeps each region's MLflow artifacts "
+            "in that region, so use minio (one store per region's cluster)",
+        )
+    buckets: dict[str, str] = {}
+    for i, region in enumerate(regions):
+        if region.data_bucket and region.data_bucket in buckets:
+            p.add(
+                f"regions[{i}].dataBucket",
+                f"{region.data_bucket!r} is already region {buckets[region.data_bucket]}'s; training data stays "
+                "in its region, so each region needs its own bucket",
+            )
+        elif region.data_bucket:
+            buckets[region.data_bucket] = region.name
+    for i in range(1, len(regions)):
+        if regions[i].wave < regions[i - 1].wave:
+            p.add(
+                f"regions[{i}].wave",
+                f"{regions[i].wave} comes after wave {regions[i - 1].wave} of {regions[i - 1].name}; list regions "
+                "in wave order (first wave first)",
+            )
+    waves = sorted({r.wave for r in regions})
+    for region in regions:
+        index = waves.index(region.wave)
+        if index == 0:
+            continue
+        for upstream in (r for r in regions if r.wave == waves[index - 1]):
+            if upstream.api_server is None:
+                j = regions.index(upstream)
+                p.add(
+                    f"regions[{j}].apiServer",
+                    f"is required: region {region.name} (wave {region.wave}) waits for {upstream.name} "
+                    f"(wave {upstream.wave}) to promote and reads its rollout status there",
+                )
+    return git, pipeline_settings
 
 
 def _pinned_image(p: _Problems, key: str, value: Any) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pulumi
 
-from infra import platform
+from infra import gitops, platform
 from infra.config import Region, StackConfig
 from infra.mlflow import MlflowTracking
 
@@ -86,9 +86,48 @@ class RegionStack(pulumi.ComponentResource):
 
         # The provider the fraud service is declared with: the cluster's own, or (delivery argocd) one
         # that renders manifests to a folder for Argo CD to sync.
-        self.service_provider: pulumi.ProviderResource = self.provider
+        self.service_provider: pulumi.ProviderResource = gitops.service_provider(
+            name, config, region, self.provider, parent=self
+        )
         # --- fraud service (issue 5) ---
+        from infra.fraud_service import FraudModelService, FraudModelServiceArgs
+
+        self.fraud_service = FraudModelService(
+            f"{name}-fraud",
+            FraudModelServiceArgs(
+                config=config,
+                region=region,
+                provider=self.service_provider,
+                image=image_ref,
+                crds={key: self.crds_ready(key) for key in ("flagger", "istio", "argoRollouts", "monitoring")},
+            ),
+            child,
+        )
+        self.components["fraud"] = self.fraud_service  # type: ignore[assignment]  # same outputs/crds_ready shape
         # --- pipeline and GitOps (issue 6) ---
+        from infra import pipeline, waves
+
+        argo = self.components.get("argoWorkflows")
+        if argo is not None and mlflow is not None and config.pipeline.enabled:
+            harbor_component = self.components.get("harbor")
+            self.components["pipeline"] = pipeline.TrainingPipeline(
+                f"{name}-pipeline",
+                platform.PlatformArgs(config, region, self.provider, tuple(argo.crds_ready)),
+                namespace=argo.namespace,
+                image=image_ref,
+                tracking_url=mlflow.outputs["tracking_url"],
+                artifact_store=mlflow.artifact_store,
+                harbor_password=getattr(harbor_component, "admin_password", None),
+                opts=child,
+            )
+        if config.delivery == "argocd" and "argocd" in self.components:
+            self.components["gitops"] = gitops.GitOpsDelivery(  # type: ignore[assignment]  # outputs/crds_ready shape
+                f"{name}-gitops", config, region, self.provider, self.crds_ready("argocd"), child
+            )
+        if len(config.waves()) > 1:
+            self.components["waves"] = waves.RolloutWaves(  # type: ignore[assignment]
+                f"{name}-waves", config, region, self.provider, image_ref, child
+            )
 
         # Public outputs (URLs, Secret names) apart from passwords, so one secret does not make the
         # whole region's outputs opaque in `pulumi stack output`.

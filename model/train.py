@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 # Source files whose change changes what training produces: part of the fingerprint.
-_FINGERPRINT_SOURCES = ("data.py", "features.py", "scenario.py", "train.py", "validation.py")
+_FINGERPRINT_SOURCES = ("data.py", "ensemble.py", "features.py", "scenario.py", "train.py", "validation.py")
 
 
 class TrainingError(ValueError):
@@ -34,15 +34,19 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Classifier and threshold settings; tuned on inner time folds of the ULB temporal split's training part."""
+    """Classifier and threshold settings (see model/ensemble.py).
 
+    Chosen on two inner time folds inside the training part of the ULB temporal split (never on its
+    test part, nor on the scenario holdout).
+    """
+
+    members: int = 4  # boosted models, each on all frauds + a disjoint 1/members of legit transactions
     learning_rate: float = 0.05
     max_iter: int = 300
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 100
     l2_regularization: float = 1.0
-    fraud_weight: float = 5.0  # class weight of frauds against 1.0 for legit transactions
-    max_features: float = 1.0
+    max_features: float = 0.5
     random_state: int = 0
     cost_missed_fraud: float = DEFAULT_COST_MISSED_FRAUD
     cost_false_positive: float = DEFAULT_COST_FALSE_POSITIVE
@@ -51,14 +55,13 @@ class TrainParams:
         problems = []
         if not 0.0 < self.learning_rate <= 1.0:
             problems.append(f"learning_rate: must be in (0, 1], got {self.learning_rate!r}")
-        for key in ("max_iter", "max_leaf_nodes", "min_samples_leaf"):
+        for key in ("members", "max_iter", "max_leaf_nodes", "min_samples_leaf"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < (2 if key == "max_leaf_nodes" else 1):
-                problems.append(f"{key}: must be a whole number >= {2 if key == 'max_leaf_nodes' else 1}, got {value!r}")
+            least = 2 if key == "max_leaf_nodes" else 1
+            if not isinstance(value, int) or value < least:
+                problems.append(f"{key}: must be a whole number >= {least}, got {value!r}")
         if self.l2_regularization < 0:
             problems.append(f"l2_regularization: must be >= 0, got {self.l2_regularization!r}")
-        if not self.fraud_weight > 0:
-            problems.append(f"fraud_weight: must be > 0, got {self.fraud_weight!r}")
         if not 0.0 < self.max_features <= 1.0:
             problems.append(f"max_features: must be in (0, 1], got {self.max_features!r}")
         if not (self.cost_missed_fraud > 0 and self.cost_false_positive > 0):
@@ -90,26 +93,26 @@ class TrainedModel:
     fingerprint: str
     validation: dict[str, float]
     train_seconds: float
+    validation_scores: tuple[Any, Any] = field(repr=False, compare=False, default=((), ()))  # (labels, scores)
 
     def fraud_probability(self, frame: Any) -> np.ndarray:
         return self.estimator.predict_proba(frame[list(self.feature_names)])[:, 1]
 
 
 def build_pipeline(params: TrainParams) -> Pipeline:
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
 
+    from model.ensemble import UndersampledBoosting
     from model.features import TransactionFeatures
 
-    classifier = HistGradientBoostingClassifier(
+    classifier = UndersampledBoosting(
+        members=params.members,
         learning_rate=params.learning_rate,
         max_iter=params.max_iter,
         max_leaf_nodes=params.max_leaf_nodes,
         min_samples_leaf=params.min_samples_leaf,
         l2_regularization=params.l2_regularization,
         max_features=params.max_features,
-        class_weight={0: 1.0, 1: params.fraud_weight},
-        early_stopping=False,  # its split is random, not by time; the round count is tuned instead
         random_state=params.random_state,
     )
     return Pipeline([("features", TransactionFeatures()), ("classifier", classifier)])
@@ -227,4 +230,5 @@ def train_model(
         fingerprint=fingerprint(model_version, scenario.params, params),
         validation=validation_metrics,
         train_seconds=seconds,
+        validation_scores=(labels, scores),
     )

@@ -349,5 +349,6 @@ class FeedbackLedger:
         counted = []
         for token, item in accepted:
             self.seen.add(token.nonce, int(token.issued_at + self.ttl_seconds) + 1)
-            counted.append(CountedFeedback(item.prediction_id, token.model_version, outcome(token.is_fraud, item.label)))
+            cell = outcome(token.is_fraud, item.label)
+            counted.append(CountedFeedback(item.prediction_id, token.model_version, cell))
         return counted

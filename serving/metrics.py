@@ -10,6 +10,10 @@ Collectors live in prometheus_client's default registry: that is what MLServer's
 exports when ``parallel_workers`` is 0 (the production setting, see serving.settings). MLServer's own
 ``mlserver.register`` only makes histograms labelled (model_name, model_version) and writes to a
 separate registry, so it cannot express these counters.
+
+``fraud_requests_total`` counts what the runtime handled (validation errors, simulated failures, answers).
+Requests refused before the runtime sees them (malformed JSON, wrong Content-Type, body over the limit,
+unknown model) appear in MLServer's ``rest_server_requests_total{path, status_code}``.
 """
 
 from __future__ import annotations
@@ -117,8 +121,10 @@ class ServingMetrics:
         self._score_child = self._score.labels(model_version)
         self._duration_child = self._duration.labels(model_version)
         self._request_children: dict[int, Any] = {}
-        # Create the series that PromQL ratios divide by, so they exist (at 0) before the first event.
+        # Create the series that PromQL ratios divide by, so they exist (at 0) before the first event;
+        # 500 too, or increase() would miss the first burst of errors (it needs a sample before them).
         self.request_child(200)
+        self.request_child(500)
         for name in OUTCOMES:
             self._feedback.labels(model_version, name)
         for reason in REJECT_REASONS:

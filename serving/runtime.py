@@ -50,16 +50,15 @@ from serving.feedback import (
     parse_feedback_body,
 )
 from serving.metrics import ServingMetrics
-from serving.validation import (
+from serving.protocol import (
     DEFAULT_MAX_ROWS,
+    FEEDBACK_PATH,
     OUTPUT_IS_FRAUD,
     OUTPUT_PREDICTION_ID,
     OUTPUT_PROBABILITY,
-    features_from_request,
-    requested_outputs,
 )
+from serving.validation import features_from_request, requested_outputs
 
-FEEDBACK_PATH = "/feedback"
 # Attribute under which mlserver.batching.load_batching stores the model's AdaptiveBatcher (mlserver 1.7.x).
 _BATCHER_ATTR = "__adaptive_batching__"
 _BATCH_INPUT = "rows"
@@ -107,11 +106,8 @@ class FraudScorer:
         return self.model.fraud_probability(pd.DataFrame(matrix, columns=self.columns))
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        if self.array_path:
-            scores = self.model.estimator.predict_proba(matrix)[:, 1]
-        else:
-            scores = self._frame_scores(matrix)
-        scores = np.asarray(scores, dtype=np.float64)
+        raw = self.model.estimator.predict_proba(matrix)[:, 1] if self.array_path else self._frame_scores(matrix)
+        scores = np.asarray(raw, dtype=np.float64)
         return FaultInjector.corrupt(scores) if self.corrupt else scores
 
 
@@ -159,6 +155,8 @@ class FraudRuntime(MLModel):
         self._threshold = float(model.threshold)
         self._max_rows = int(extra["max_rows"])
         self._label = self.version or model.model_version
+        if not 1 <= len(self._label.encode("utf-8")) <= 64:
+            raise RuntimeConfigError(f"model version label {self._label!r}: must be 1..64 bytes (it goes into ids)")
         self._scorer = await asyncio.to_thread(FraudScorer, model, self._faults.corrupts_scores)
         self._signer = signer
         self._ledger = FeedbackLedger(

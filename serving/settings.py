@@ -33,16 +33,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from serving.feedback import DEFAULT_SEEN_CAPACITY, DEFAULT_TOKEN_TTL_SECONDS
-from serving.validation import DEFAULT_MAX_ROWS
+from serving.protocol import DEFAULT_MAX_ROWS, DEFAULT_MODEL_NAME, METRICS_PATH
 
 RUNTIME_IMPLEMENTATION = "serving.runtime.FraudRuntime"
 # MLServer's stock MLflow runtime: the peer the benchmark compares against.
 MLFLOW_RUNTIME_IMPLEMENTATION = "mlserver_mlflow.MLflowRuntime"
-DEFAULT_MODEL_NAME = "fraud-detector"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 8081
 DEFAULT_METRICS_PORT = 8082
-METRICS_PATH = "/metrics"
 SETTINGS_FILENAME = "settings.json"
 MODEL_SETTINGS_FILENAME = "model-settings.json"
 # One thread per native pool: with parallel_workers 0 the event loop is the only caller, and on 2 cores
@@ -88,7 +86,9 @@ class ServingConfig:
     def __post_init__(self) -> None:
         problems = []
         if not isinstance(self.model_uri, str) or not self.model_uri.strip():
-            problems.append("model_uri: must be a model directory or an MLflow URI such as models:/fraud-detector@champion")
+            problems.append(
+                "model_uri: must be a model directory or an MLflow URI such as models:/fraud-detector@champion"
+            )
         if not _NAME_PATTERN.match(str(self.model_name)):
             problems.append(f"model_name: {self.model_name!r} must be 1-64 chars of letters, digits, '_', '.', '-'")
         if self.version_label is not None and not _NAME_PATTERN.match(str(self.version_label)):

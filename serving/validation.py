@@ -14,14 +14,11 @@ import numpy as np
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, RequestInput
 
+from serving.protocol import DEFAULT_MAX_ROWS, OUTPUT_NAMES
+
 NUMERIC_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
-OUTPUT_PROBABILITY = "fraud_probability"
-OUTPUT_IS_FRAUD = "is_fraud"
-OUTPUT_PREDICTION_ID = "prediction_id"
-OUTPUT_NAMES = (OUTPUT_PROBABILITY, OUTPUT_IS_FRAUD, OUTPUT_PREDICTION_ID)
-DEFAULT_MAX_ROWS = 1024
 _MAX_LISTED = 8
 
 
@@ -40,9 +37,8 @@ def _listing(names: Sequence[str]) -> str:
 
 def _rows_of(request_input: RequestInput) -> int:
     shape = request_input.shape
-    if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
-        if shape[0] >= 0:
-            return shape[0]
+    if (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) and shape[0] >= 0:
+        return shape[0]
     raise RequestRejected(
         f"input {request_input.name!r}: shape {shape} is not allowed; use [n] or [n, 1] (one value per row)"
     )

@@ -172,11 +172,18 @@ def test_generated_secrets_stay_secret(stack: str, strategy: str, result: Render
     assert not result.stack_outputs["regions"].get(SECRET_SIG)
 
 
-def test_no_secret_in_stack_config_files() -> None:
-    for path in ROOT.glob("Pulumi*.yaml"):
-        text = path.read_text().lower()
-        for word in ("password:", "token:", "secretkey:", "access_key"):
-            assert word not in text, f"{path.name} holds what looks like a plain-text secret ({word})"
+def test_secret_config_keys_are_declared_secret_and_never_set_in_plain_text() -> None:
+    from infra.config import project_schema, stack_file_values
+
+    schema = project_schema()
+    secret_keys = {key for key, spec in schema.items() if spec.get("secret")}
+    assert "alertWebhookUrl" in secret_keys
+    for key in secret_keys:
+        assert schema[key].get("default", "") == "", f"{key} has a non-empty default in Pulumi.yaml"
+    for path in ROOT.glob("Pulumi.*.yaml"):
+        values, secure = stack_file_values(path)
+        for key in secret_keys & set(values):
+            assert key in secure, f"{path.name} sets {key} in plain text; use pulumi config set --secret"
 
 
 def test_custom_resources_depend_on_the_release_that_installs_their_crd() -> None:

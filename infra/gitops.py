@@ -1,0 +1,148 @@
+"""GitOps delivery (config ``delivery: argocd``): Pulumi writes the fraud service's manifests to a folder
+of this repository and each region's Argo CD syncs that folder into its cluster.
+
+* ``service_provider``: with ``delivery: argocd`` the fraud service is declared with a Kubernetes
+  provider that renders YAML to ``gitops/<stack>/<region>`` (``render_yaml_to_directory``) instead of
+  applying it; with ``delivery: pulumi`` it is the region's cluster provider.
+* ``GitOpsDelivery``: an AppProject ``fraud-platform`` and an Application ``fraud-service`` in the
+  region's Argo CD, pointing at that folder of ``git.url`` at ``git.revision``, with automated sync,
+  prune and self-heal. Declared with the cluster provider, after the Argo CD release (its CRDs).
+
+Drift: with ``delivery: pulumi`` a change made in the cluster shows in ``pulumi preview --refresh`` (and
+fails the scheduled ``--expect-no-changes`` check); with ``delivery: argocd`` Argo CD marks the
+Application OutOfSync and self-heal puts the cluster back to what git holds (docs/PIPELINE.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from infra import charts, k8s
+from infra.config import Region, StackConfig
+
+GITOPS_ROOT = "gitops"
+APP_PROJECT = "fraud-platform"
+APPLICATION = "fraud-service"
+IN_CLUSTER = "https://kubernetes.default.svc"
+REPOSITORY_SECRET = "fraud-platform-repo"
+# The namespaces the synced manifests may write to (the fraud service's own).
+DESTINATION_NAMESPACES = (charts.FRAUD_NAMESPACE,)
+
+
+def gitops_path(stack: str, region: str) -> str:
+    """The repository folder holding one region's rendered fraud service (relative to the repo root)."""
+    return f"{GITOPS_ROOT}/{stack}/{region}"
+
+
+def service_provider(
+    name: str, config: StackConfig, region: Region, cluster_provider: pulumi.ProviderResource, parent: pulumi.Resource
+) -> pulumi.ProviderResource:
+    """What the fraud service is declared with: the cluster itself, or (argocd) a folder for Argo CD."""
+    if config.delivery != "argocd":
+        return cluster_provider
+    import pulumi_kubernetes as kubernetes
+
+    return kubernetes.Provider(
+        f"{name}-gitops",
+        render_yaml_to_directory=gitops_path(config.stack, region.name),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def app_project(config: StackConfig) -> dict[str, Any]:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {
+            "name": APP_PROJECT,
+            "namespace": charts.NAMESPACES["argocd"],
+            "labels": k8s.labels(APP_PROJECT, "gitops"),
+        },
+        "spec": {
+            "description": "The fraud model service, synced from the manifests Pulumi renders to git.",
+            "sourceRepos": [config.git.url],
+            "destinations": [{"server": IN_CLUSTER, "namespace": ns} for ns in DESTINATION_NAMESPACES],
+            # The folder holds the fraud namespace itself; everything else it holds is namespaced.
+            "clusterResourceWhitelist": [{"group": "", "kind": "Namespace"}],
+            "namespaceResourceWhitelist": [{"group": "*", "kind": "*"}],
+            "orphanedResources": {"warn": True},
+        },
+    }
+
+
+def application(config: StackConfig, region: Region) -> dict[str, Any]:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {
+            "name": APPLICATION,
+            "namespace": charts.NAMESPACES["argocd"],
+            "labels": k8s.labels(APPLICATION, "gitops", **{"fraud-platform/region": region.name}),
+            # Deleting the Application deletes what it synced (not only the Application object).
+            "finalizers": ["resources-finalizer.argocd.argoproj.io"],
+        },
+        "spec": {
+            "project": APP_PROJECT,
+            "source": {
+                "repoURL": config.git.url,
+                "targetRevision": config.git.revision,
+                "path": gitops_path(config.stack, region.name),
+                # The provider writes 0-crd/ and 1-manifests/ below the folder.
+                "directory": {"recurse": True},
+            },
+            "destination": {"server": IN_CLUSTER, "namespace": charts.FRAUD_NAMESPACE},
+            "syncPolicy": {
+                "automated": {"prune": True, "selfHeal": True, "allowEmpty": False},
+                "syncOptions": ["CreateNamespace=true", "ServerSideApply=true", "PruneLast=true"],
+                "retry": {"limit": 5, "backoff": {"duration": "10s", "factor": 2, "maxDuration": "3m"}},
+            },
+        },
+    }
+
+
+def repository_secret(config: StackConfig, token: Any) -> dict[str, Any]:
+    """Argo CD's credentials for a private repository (declarative repository Secret)."""
+    obj = k8s.secret(
+        REPOSITORY_SECRET,
+        charts.NAMESPACES["argocd"],
+        {"type": "git", "url": config.git.url, "username": "x-access-token", "password": token},
+        obj_labels=k8s.labels(REPOSITORY_SECRET, "gitops"),
+    )
+    obj["metadata"]["labels"]["argocd.argoproj.io/secret-type"] = "repository"
+    return obj
+
+
+class GitOpsDelivery(pulumi.ComponentResource):
+    """AppProject + Application in one region's Argo CD (type ``fraud:gitops:GitOpsDelivery``)."""
+
+    def __init__(
+        self,
+        name: str,
+        config: StackConfig,
+        region: Region,
+        provider: pulumi.ProviderResource,
+        argocd_ready: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("fraud:gitops:GitOpsDelivery", name, None, opts)
+        self.crds_ready: list[pulumi.Resource] = []
+
+        def declare(suffix: str, obj: dict[str, Any], depends_on: list[Any]) -> Any:
+            opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=depends_on)
+            return k8s.declare(f"{name}-{suffix}", obj, opts)
+
+        depends = list(argocd_ready)
+        if config.git_token_set:
+            token = pulumi.Config("fraud-platform").require_secret("gitToken")
+            depends.append(declare("repository", repository_secret(config, token), list(argocd_ready)))
+        project = declare("appproject", app_project(config), depends)
+        declare("application", application(config, region), [project, *depends])
+        self.outputs = {
+            "application": f"{charts.NAMESPACES['argocd']}/{APPLICATION}",
+            "repo": config.git.url,
+            "revision": config.git.revision,
+            "path": gitops_path(config.stack, region.name),
+        }
+        self.register_outputs(self.outputs)

@@ -1,0 +1,550 @@
+"""The training pipeline: an Argo ``WorkflowTemplate`` that turns fresh data into a proposed model version.
+
+Steps (each a pod running the project's own code in the project image, except the image build):
+
+  fetch-data -> validate-data -> train-baseline -> train -> evaluate (the gate) -> register
+  -> build-image -> propose
+
+* ``fetch-data``: ``fraudctl pipeline fetch-data`` copies the training CSV from the region's own data
+  bucket (its in-cluster MinIO or S3 endpoint) into the verified dataset cache on the workspace volume.
+* ``validate-data``: ``fraudctl data`` checks schema, ranges, label rates and time-disjointness.
+* ``train-baseline`` / ``train``: ``fraudctl train --model-version``; the baseline (v1) is reused when
+  it is already registered from the same data and code, so this is cheap after the first run.
+* ``evaluate``: ``fraudctl evaluate`` gates the candidate against the baseline on the holdout; a
+  rejected candidate exits 1, which fails the workflow here (nothing is registered or proposed).
+* ``register``: ``fraudctl pipeline register-challenger`` checks the gate moved the ``challenger``
+  alias onto this candidate, tags it with the workflow and source revision, and hands the registry
+  version on.
+* ``build-image``: rootless BuildKit builds ``serving/Dockerfile`` from the same source revision and
+  pushes it to this region's Harbor (credentials: the Harbor admin Secret, as a docker config).
+* ``propose``: ``fraudctl propose-version`` edits ``Pulumi.<stack>.yaml`` (model.candidateVersion and
+  candidateUri) and opens a pull request, or pushes a commit, per ``pipeline.propose``.
+
+MLflow receives every run's params, metrics and plots (the tracking server proxies artifacts to the
+region's store). Endpoints come from the platform components; credentials only via ``secretKeyRef``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from infra import charts, k8s
+from infra.config import GitSettings, Region, StackConfig
+from infra.platform import PlatformArgs, PlatformComponent
+
+TEMPLATE_NAME = "fraud-model-training"
+NAMESPACE = charts.NAMESPACES["argoWorkflows"]
+SERVICE_ACCOUNT = "fraud-training"
+EXECUTOR_ROLE = "fraud-training-executor"
+S3_SECRET = "fraud-pipeline-s3"
+HARBOR_SECRET = "fraud-pipeline-harbor"
+# Created from the secret config key gitToken, or by an operator when it is not set (docs/PIPELINE.md).
+GIT_SECRET = "fraud-pipeline-git"
+GIT_SECRET_USERNAME_KEY = "username"
+GIT_SECRET_TOKEN_KEY = "token"
+WORKSPACE = "/workspace"
+FRAUD_HOME = f"{WORKSPACE}/fraud"
+REPORTS_DIR = f"{FRAUD_HOME}/reports"
+SOURCE_PATH = f"{WORKSPACE}/src"
+OUTPUTS_DIR = "/tmp/outputs"
+DOCKERFILE = "serving/Dockerfile"
+IMAGE_NAME = "fraud-platform"
+BUILDKIT_UID = 1000  # the rootless BuildKit image's user
+STEPS = (
+    "fetch-data",
+    "validate-data",
+    "train-baseline",
+    "train",
+    "evaluate",
+    "register",
+    "build-image",
+    "propose",
+)
+# Workflow parameters: name -> what it is. model-version and the others are what `pipeline submit` sets.
+PARAMETERS = {
+    "model-version": "the model version label to train and propose (a candidate, not the baseline)",
+    "revision": "git revision to build the image from and to propose against",
+    "propose": "pull-request or commit",
+}
+
+
+def baseline_and_candidates() -> tuple[str, tuple[str, ...]]:
+    """The scenario's versions: the first is the baseline the gate compares against, the rest candidates."""
+    from model.scenario import MODEL_VERSIONS
+
+    return MODEL_VERSIONS[0], tuple(MODEL_VERSIONS[1:])
+
+
+@dataclass(frozen=True)
+class PipelineEndpoints:
+    """Where the steps reach the platform, from the region's components."""
+
+    image: Any  # the project image (fraudctl), a tag or a pushed digest
+    tracking_url: str
+    registry_host: str
+    s3_endpoint: str
+    # Secret (in the pipeline namespace) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; None: pod identity.
+    s3_secret: str | None
+
+
+def _param(name: str) -> str:
+    return "{{workflow.parameters.%s}}" % name  # noqa: UP031 - Argo's braces, not a format string
+
+
+def _gate_flags(config: StackConfig, *, costs_only: bool) -> list[str]:
+    """The stack's gate settings as ``fraudctl train/evaluate`` flags (model/cli.py GATE_FLAGS)."""
+    from model.cli import COST_FLAGS, GATE_FLAGS
+
+    flags = COST_FLAGS if costs_only else tuple(GATE_FLAGS)
+    return [part for flag in flags for part in (flag, f"{getattr(config.gate, GATE_FLAGS[flag]):g}")]
+
+
+def _step_container(
+    endpoints: PipelineEndpoints,
+    args: Sequence[str],
+    *,
+    env: Sequence[Mapping[str, Any]] = (),
+    cpu: tuple[str, str] = ("100m", "1"),
+    memory: tuple[str, str] = ("512Mi", "2Gi"),
+) -> dict[str, Any]:
+    base_env = [
+        {"name": "FRAUD_HOME", "value": FRAUD_HOME},
+        {"name": "MLFLOW_TRACKING_URI", "value": endpoints.tracking_url},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # The steps' numeric work is single-threaded per pod; see docs/STYLE.md for the MLServer note.
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+    ]
+    container = k8s.container(
+        "main",
+        endpoints.image,
+        command=["fraudctl"],
+        args=list(args),
+        env=[*base_env, *env],
+        requests={"cpu": cpu[0], "memory": memory[0]},
+        limits={"cpu": cpu[1], "memory": memory[1]},
+        volume_mounts=[{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}],
+    )
+    container.pop("name")  # Argo names a template's container "main" itself
+    return container
+
+
+def _s3_env(endpoints: PipelineEndpoints, config: StackConfig) -> list[dict[str, Any]]:
+    env = [
+        {"name": "AWS_ENDPOINT_URL_S3", "value": endpoints.s3_endpoint},
+        {"name": "AWS_DEFAULT_REGION", "value": config.mlflow.region},
+    ]
+    if endpoints.s3_secret:
+        env += [
+            k8s.secret_env("AWS_ACCESS_KEY_ID", endpoints.s3_secret, "AWS_ACCESS_KEY_ID"),
+            k8s.secret_env("AWS_SECRET_ACCESS_KEY", endpoints.s3_secret, "AWS_SECRET_ACCESS_KEY"),
+        ]
+    return env
+
+
+def _output(name: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"path": f"{OUTPUTS_DIR}/{name}"}}
+
+
+def image_repository(config: StackConfig, region: Region) -> str:
+    host = region.registry_host or config.registry.host
+    return f"{host}/{config.registry.project}/{IMAGE_NAME}"
+
+
+def _git_artifact(git: GitSettings) -> dict[str, Any]:
+    return {
+        "name": "source",
+        "path": SOURCE_PATH,
+        "git": {
+            "repo": git.url,
+            "revision": _param("revision"),
+            "depth": 1,
+            "usernameSecret": {"name": GIT_SECRET, "key": GIT_SECRET_USERNAME_KEY},
+            "passwordSecret": {"name": GIT_SECRET, "key": GIT_SECRET_TOKEN_KEY},
+        },
+    }
+
+
+def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEndpoints) -> dict[str, Any]:
+    """The ``fraud-model-training`` WorkflowTemplate for one region (its data bucket, MLflow and Harbor)."""
+    baseline, candidates = baseline_and_candidates()
+    settings = config.pipeline
+    train_resources = {
+        "cpu": ("500m", settings.train_cpu_limit),
+        "memory": ("2Gi", settings.train_memory_limit),
+    }
+    fetch_args = ["pipeline", "fetch-data"]
+    if region.data_bucket:
+        fetch_args += ["--bucket", region.data_bucket, "--key", settings.data_key]
+    templates: list[dict[str, Any]] = [
+        {
+            "name": "fetch-data",
+            "retryStrategy": {"limit": "2", "retryPolicy": "OnError"},
+            "container": _step_container(endpoints, fetch_args, env=_s3_env(endpoints, config)),
+        },
+        {"name": "validate-data", "container": _step_container(endpoints, ["data", "--json"], memory=("1Gi", "3Gi"))},
+        {
+            "name": "train-baseline",
+            "container": _step_container(
+                endpoints,
+                ["train", "--model-version", baseline, *_gate_flags(config, costs_only=True)],
+                **train_resources,
+            ),
+        },
+        {
+            "name": "train",
+            "container": _step_container(
+                endpoints,
+                ["train", "--model-version", _param("model-version"), *_gate_flags(config, costs_only=True)],
+                **train_resources,
+            ),
+        },
+        {
+            "name": "evaluate",
+            "container": _step_container(
+                endpoints,
+                ["evaluate", "--json", "--out", REPORTS_DIR, *_gate_flags(config, costs_only=False)],
+                **train_resources,
+            ),
+        },
+        {
+            "name": "register",
+            "outputs": {"parameters": [_output("registry-version"), _output("model-uri")]},
+            "container": _step_container(
+                endpoints,
+                [
+                    "pipeline",
+                    "register-challenger",
+                    "--model-version",
+                    _param("model-version"),
+                    "--workflow",
+                    "{{workflow.name}}",
+                    "--revision",
+                    _param("revision"),
+                    "--outputs",
+                    OUTPUTS_DIR,
+                ],
+            ),
+        },
+        _build_template(config, region),
+        _propose_template(config, endpoints),
+    ]
+    steps = [
+        [
+            {
+                "name": step,
+                "template": step,
+                **(
+                    {
+                        "arguments": {
+                            "parameters": [
+                                {"name": "model-uri", "value": "{{steps.register.outputs.parameters.model-uri}}"},
+                                {"name": "build", "value": "{{steps.build-image.outputs.parameters.build}}"},
+                            ]
+                        }
+                    }
+                    if step == "propose"
+                    else {}
+                ),
+            }
+        ]
+        for step in STEPS
+    ]
+    tmp_volume, _ = k8s.tmp_volume()
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "WorkflowTemplate",
+        "metadata": {
+            "name": TEMPLATE_NAME,
+            "namespace": NAMESPACE,
+            "labels": k8s.labels(TEMPLATE_NAME, "pipeline", **{"fraud-platform/region": region.name}),
+        },
+        "spec": {
+            "entrypoint": "train-and-propose",
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "arguments": {
+                "parameters": [
+                    {
+                        "name": "model-version",
+                        "description": PARAMETERS["model-version"],
+                        "enum": list(candidates),
+                        "value": config.model.candidate_version
+                        if config.model.candidate_version in candidates
+                        else candidates[-1],
+                    },
+                    {"name": "revision", "description": PARAMETERS["revision"], "value": config.git.revision},
+                    {
+                        "name": "propose",
+                        "description": PARAMETERS["propose"],
+                        "enum": ["pull-request", "commit"],
+                        "value": settings.propose,
+                    },
+                ]
+            },
+            "securityContext": k8s.pod_security_context(),
+            "volumes": [tmp_volume],
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "workspace"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": settings.workspace_size}},
+                    },
+                }
+            ],
+            "activeDeadlineSeconds": 4 * 3600,
+            "ttlStrategy": {"secondsAfterSuccess": 7 * 86400, "secondsAfterFailure": 14 * 86400},
+            "podMetadata": {
+                "labels": {"app.kubernetes.io/part-of": "fraud-platform", "fraud-platform/pipeline": "training"}
+            },
+            "templates": [{"name": "train-and-propose", "steps": steps}, *templates],
+        },
+    }
+
+
+def _build_template(config: StackConfig, region: Region) -> dict[str, Any]:
+    """Rootless BuildKit: no root, no privileged pod; it needs only unconfined seccomp/AppArmor for its
+    user namespaces. The image is tagged ``<model-version>-<workflow name>`` (unique per run)."""
+    image = f"{image_repository(config, region)}:{_param('model-version')}-{{{{workflow.name}}}}"
+    dockerfile_dir, dockerfile = posixpath.split(DOCKERFILE)
+    unconfined = {
+        "allowPrivilegeEscalation": True,  # newuidmap/newgidmap are setuid: rootless needs them
+        "runAsNonRoot": True,
+        "runAsUser": BUILDKIT_UID,
+        "runAsGroup": BUILDKIT_UID,
+        "seccompProfile": {"type": "Unconfined"},
+        "appArmorProfile": {"type": "Unconfined"},
+    }
+    return {
+        "name": "build-image",
+        "inputs": {"artifacts": [_git_artifact(config.git)]},
+        "outputs": {"parameters": [{"name": "build", "valueFrom": {"path": "/tmp/build/metadata.json"}}]},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": BUILDKIT_UID,
+            "fsGroup": BUILDKIT_UID,
+        },
+        "volumes": [
+            {
+                "name": "harbor-auth",
+                "secret": {"secretName": HARBOR_SECRET, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]},
+            },
+            {"name": "buildkit-state", "emptyDir": {}},
+            {"name": "build-out", "emptyDir": {}},
+        ],
+        "container": {
+            "image": config.pipeline.buildkit_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["buildctl-daemonless.sh"],
+            "args": [
+                "build",
+                "--frontend",
+                "dockerfile.v0",
+                "--local",
+                f"context={SOURCE_PATH}",
+                "--local",
+                f"dockerfile={posixpath.join(SOURCE_PATH, dockerfile_dir)}",
+                "--opt",
+                f"filename={dockerfile}",
+                "--opt",
+                "platform=linux/amd64",
+                "--output",
+                f"type=image,name={image},push=true",
+                "--metadata-file",
+                "/tmp/build/metadata.json",
+            ],
+            "env": [
+                {"name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox"},
+                {"name": "DOCKER_CONFIG", "value": "/home/user/.docker"},
+            ],
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+            "securityContext": unconfined,
+            "volumeMounts": [
+                {"name": "harbor-auth", "mountPath": "/home/user/.docker", "readOnly": True},
+                {"name": "buildkit-state", "mountPath": "/home/user/.local/share/buildkit"},
+                {"name": "build-out", "mountPath": "/tmp/build"},
+            ],
+        },
+    }
+
+
+def _propose_template(config: StackConfig, endpoints: PipelineEndpoints) -> dict[str, Any]:
+    args = [
+        "propose-version",
+        "--stack",
+        config.stack,
+        "--model-version",
+        _param("model-version"),
+        "--model-uri",
+        "{{inputs.parameters.model-uri}}",
+        "--mode",
+        _param("propose"),
+        "--repo",
+        config.git.url,
+        "--base",
+        _param("revision"),
+        "--build-metadata",
+        "{{inputs.parameters.build}}",
+        "--gate-report",
+        f"{REPORTS_DIR}/gate.json",
+        "--workflow",
+        "{{workflow.name}}",
+        "--outputs",
+        OUTPUTS_DIR,
+    ]
+    repository = config.git.github_repository
+    if repository:
+        args += ["--github-api", config.git.api_url, "--github-repo", repository]
+    env = [
+        k8s.secret_env("GIT_USERNAME", GIT_SECRET, GIT_SECRET_USERNAME_KEY),
+        k8s.secret_env("GIT_TOKEN", GIT_SECRET, GIT_SECRET_TOKEN_KEY),
+    ]
+    return {
+        "name": "propose",
+        "inputs": {"parameters": [{"name": "model-uri"}, {"name": "build"}]},
+        "outputs": {"parameters": [_output("proposal-url")]},
+        "container": _step_container(endpoints, args, env=env),
+    }
+
+
+def rbac_objects() -> list[dict[str, Any]]:
+    """The workflow pods' identity: Argo's executor reports step results through WorkflowTaskResults."""
+    obj_labels = k8s.labels(SERVICE_ACCOUNT, "pipeline")
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE, "labels": obj_labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": EXECUTOR_ROLE, "namespace": NAMESPACE, "labels": obj_labels},
+            "rules": [
+                {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "watch", "patch"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": EXECUTOR_ROLE, "namespace": NAMESPACE, "labels": obj_labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": EXECUTOR_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+        },
+    ]
+
+
+def docker_config_json(host: str, username: str, password: str) -> str:
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"username": username, "password": password, "auth": auth}}})
+
+
+def submission(
+    model_version: str, *, namespace: str = NAMESPACE, parameters: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The Workflow that ``fraudctl pipeline submit`` creates: a run of the template with arguments."""
+    values = {"model-version": model_version, **(parameters or {})}
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown workflow parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMETERS)}")
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "generateName": f"{TEMPLATE_NAME}-",
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/part-of": "fraud-platform",
+                "workflows.argoproj.io/workflow-template": TEMPLATE_NAME,
+                "fraud-platform/model-version": model_version,
+            },
+        },
+        "spec": {
+            "workflowTemplateRef": {"name": TEMPLATE_NAME},
+            "arguments": {"parameters": [{"name": k, "value": v} for k, v in values.items()]},
+        },
+    }
+
+
+class TrainingPipeline(PlatformComponent):
+    """The WorkflowTemplate, its service account and the Secrets its steps read, in Argo's namespace."""
+
+    component = "argoWorkflows"
+
+    def __init__(
+        self,
+        name: str,
+        args: PlatformArgs,
+        *,
+        namespace: Any,
+        image: Any,
+        tracking_url: str,
+        artifact_store: Any,
+        harbor_password: Any | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("TrainingPipeline", name, args, opts)
+        config, region = self.config, args.region
+        self.namespace = namespace
+        registry_host = region.registry_host or config.registry.host
+        depends: list[Any] = []
+        for obj in rbac_objects():
+            depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [namespace]))
+        s3_secret = None
+        if artifact_store.has_static_credentials:
+            s3_secret = S3_SECRET
+            depends.append(
+                self.make_secret(
+                    "s3",
+                    S3_SECRET,
+                    {
+                        "AWS_ACCESS_KEY_ID": pulumi.Output.secret(artifact_store.access_key),
+                        "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(artifact_store.secret_key),
+                    },
+                )
+            )
+        if harbor_password is not None:
+            docker_json = pulumi.Output.secret(
+                pulumi.Output.from_input(harbor_password).apply(
+                    lambda pw: docker_config_json(registry_host, "admin", pw)
+                )
+            )
+            harbor = k8s.secret(
+                HARBOR_SECRET,
+                NAMESPACE,
+                {".dockerconfigjson": docker_json},
+                obj_labels=k8s.labels(HARBOR_SECRET, "pipeline"),
+            )
+            harbor["type"] = "kubernetes.io/dockerconfigjson"
+            depends.append(self.declare("harbor", harbor, [namespace]))
+        if config.git_token_set:
+            token = pulumi.Config("fraud-platform").require_secret("gitToken")
+            depends.append(
+                self.make_secret(
+                    "git", GIT_SECRET, {GIT_SECRET_USERNAME_KEY: "x-access-token", GIT_SECRET_TOKEN_KEY: token}
+                )
+            )
+        endpoints = PipelineEndpoints(
+            image=image,
+            tracking_url=tracking_url,
+            registry_host=registry_host,
+            s3_endpoint=artifact_store.endpoint_url,
+            s3_secret=s3_secret,
+        )
+        template = workflow_template(config, region, endpoints)
+        self.template = self.declare("workflow-template", template, depends)
+        self.finish(
+            workflow_template=f"{NAMESPACE}/{TEMPLATE_NAME}",
+            submit=f"fraudctl pipeline submit --context {region.context} --model-version "
+            f"{template['spec']['arguments']['parameters'][0]['value']} --follow",
+            data_bucket=region.data_bucket or "",
+            image_repository=image_repository(config, region),
+        )

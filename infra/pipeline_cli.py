@@ -1,0 +1,336 @@
+"""``fraudctl pipeline ...``, ``fraudctl propose-version`` and ``fraudctl wave-gate``.
+
+* ``pipeline submit``: run the training WorkflowTemplate in a cluster, optionally following it.
+* ``pipeline fetch-data`` / ``pipeline register-challenger``: steps of that workflow (infra/pipeline.py).
+* ``propose-version``: the workflow's last step, a pull request or commit changing the stack config.
+* ``wave-gate serve | check``: the multi-region rollout wave gate (infra/waves.py).
+
+Progress and step status go to stderr; results (JSON, logs of followed steps) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from infra import pipeline
+
+
+def _usage(message: str) -> Exception:
+    from fraudctl.cli import UsageError
+
+    return UsageError(message)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _kube_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", help="kubeconfig context (default: the kubeconfig's current-context)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+
+
+def register(commands: Any, bench: Any) -> None:
+    group = commands.add_parser("pipeline", help="the training pipeline (Argo Workflows): submit and its steps")
+    sub = group.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
+
+    _, candidates = pipeline.baseline_and_candidates()
+    submit = sub.add_parser("submit", help=f"run the {pipeline.TEMPLATE_NAME} WorkflowTemplate in a cluster")
+    submit.add_argument(
+        "--model-version", required=True, help=f"candidate to train and propose ({', '.join(candidates)})"
+    )
+    submit.add_argument("--follow", action="store_true", help="stream step status and logs until the workflow ends")
+    submit.add_argument(
+        "--namespace", default=pipeline.NAMESPACE, help="where the template lives (default: %(default)s)"
+    )
+    submit.add_argument("--revision", help="git revision to build and propose against (default: the template's)")
+    submit.add_argument(
+        "--propose", choices=("pull-request", "commit"), help="how to propose (default: the template's)"
+    )
+    _kube_flags(submit)
+    submit.set_defaults(handler=run_submit)
+
+    fetch = sub.add_parser("fetch-data", help="copy the training CSV from the region's bucket into the dataset cache")
+    fetch.add_argument("--bucket", help="the region's data bucket (default: the canonical source, see fraudctl data)")
+    fetch.add_argument("--key", default="creditcard.csv", help="object key of the CSV (default: %(default)s)")
+    fetch.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS)")
+    fetch.set_defaults(handler=run_fetch_data)
+
+    reg = sub.add_parser(
+        "register-challenger", help="confirm the gate made this candidate the MLflow challenger; tag and output it"
+    )
+    reg.add_argument("--model-version", required=True, help="the candidate's version label (e.g. v2)")
+    reg.add_argument("--workflow", default="", help="workflow name to tag the model version with")
+    reg.add_argument("--revision", default="", help="source revision to tag the model version with")
+    reg.add_argument("--outputs", type=Path, help="folder to write registry-version and model-uri files to")
+    reg.set_defaults(handler=run_register_challenger)
+
+    propose = commands.add_parser(
+        "propose-version", help="propose a model version as a change to Pulumi.<stack>.yaml (pull request or commit)"
+    )
+    propose.add_argument("--stack", required=True, help="stack whose config file to change")
+    propose.add_argument("--model-version", required=True, help="model.candidateVersion to set (e.g. v2)")
+    propose.add_argument("--model-uri", required=True, help="model.candidateUri to set (e.g. models:/fraud-detector/7)")
+    propose.add_argument("--mode", choices=("pull-request", "commit"), default="pull-request")
+    propose.add_argument("--repo", required=True, help="git URL (or path) of the repository to change")
+    propose.add_argument("--base", default="main", help="branch to change or to open the pull request against")
+    propose.add_argument("--github-api", help="GitHub REST API URL (pull-request mode), e.g. https://api.github.com")
+    propose.add_argument("--github-repo", help="owner/name on GitHub (pull-request mode)")
+    propose.add_argument("--branch", help="branch name for the pull request (default: model/<stack>/<version>-...)")
+    propose.add_argument("--build-metadata", default="", help="BuildKit metadata JSON of the built serving image")
+    propose.add_argument("--gate-report", type=Path, help="gate.json of the evaluation, quoted in the description")
+    propose.add_argument("--workflow", default="", help="workflow name, for the branch and the description")
+    propose.add_argument("--outputs", type=Path, help="folder to write the proposal-url file to")
+    propose.set_defaults(handler=run_propose)
+
+    gate = commands.add_parser("wave-gate", help="multi-region rollout wave gate (Flagger confirm-rollout webhook)")
+    gate_sub = gate.add_subparsers(dest="wave_command", required=True, metavar="SUBCOMMAND")
+    for name, helptext in (
+        ("serve", "serve POST /gate (Flagger) and GET /status (Argo Rollouts) over HTTP"),
+        ("check", "decide once: exit 0 when the previous wave promoted this region's version, 1 when not"),
+    ):
+        p = gate_sub.add_parser(name, help=helptext)
+        p.add_argument("--kubeconfig", required=True, help="kubeconfig with one context per upstream region")
+        p.add_argument(
+            "--upstream", action="append", default=[], metavar="CONTEXT", help="upstream region context (repeat)"
+        )
+        p.add_argument("--strategy", choices=("canary", "blue-green"), required=True)
+        p.add_argument("--local-kubeconfig", help="this region's cluster (default: in-cluster service account)")
+        p.add_argument("--local-context", help="context in --local-kubeconfig")
+        p.add_argument("--namespace", default="fraud", help="namespace of the rollout (default: %(default)s)")
+        p.add_argument("--name", default="fraud-detector", help="name of the Canary/Rollout (default: %(default)s)")
+        if name == "serve":
+            p.add_argument("--host", default="0.0.0.0", help="listen address (default: %(default)s)")
+            p.add_argument("--port", type=int, default=8080, help="listen port (default: %(default)s)")
+            p.add_argument("--cache-seconds", type=float, default=5.0, help="reuse a decision this long")
+        p.set_defaults(handler=run_wave_gate_serve if name == "serve" else run_wave_gate_check)
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipeline submit
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from infra import workflow_run
+    from infra.kubeapi import KubeClient, KubeConfigError, KubeError, load_credentials
+
+    _, candidates = pipeline.baseline_and_candidates()
+    if args.model_version not in candidates:
+        raise _usage(
+            f"--model-version {args.model_version!r}: allowed {', '.join(candidates)} "
+            "(the baseline is trained by the pipeline itself, not as a candidate)"
+        )
+    parameters = {k: v for k, v in (("revision", args.revision), ("propose", args.propose)) if v}
+    try:
+        creds = load_credentials(args.kubeconfig, args.context, allow_in_cluster=True)
+    except KubeConfigError as exc:
+        raise _usage(str(exc)) from exc
+    with KubeClient(creds) as client:
+        try:
+            created = workflow_run.submit(client, args.namespace, args.model_version, parameters)
+        except KubeError as exc:
+            _say(f"pipeline submit: {exc}")
+            return 1
+        name = created["metadata"]["name"]
+        _say(
+            f"submitted workflow {args.namespace}/{name} ({pipeline.TEMPLATE_NAME}, model {args.model_version}) "
+            f"on {creds.context}"
+        )
+        if not args.follow:
+            print(name)
+            return 0
+        try:
+            final = workflow_run.follow(client, args.namespace, created)
+        except KubeError as exc:
+            _say(f"pipeline submit: lost the workflow: {exc}")
+            return 1
+    _say(workflow_run.summary(final))
+    return 0 if (final.get("status") or {}).get("phase") == "Succeeded" else 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipeline fetch-data
+
+
+def run_fetch_data(args: argparse.Namespace) -> int:
+    from model.data import DatasetError, cached_dataset_path, ensure_dataset
+    from model.progress import stderr_report
+
+    report = stderr_report("fetch-data")
+    if not args.bucket:
+        path = ensure_dataset(report=report)
+        print(json.dumps({"dataset": str(path), "source": "canonical"}))
+        return 0
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    target_dir = cached_dataset_path().parent
+    target_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = args.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    with tempfile.TemporaryDirectory(dir=target_dir, prefix=".bucket-") as scratch:
+        local = Path(scratch) / Path(args.key).name
+        report(f"downloading s3://{args.bucket}/{args.key} from {endpoint or 'AWS'}")
+        try:
+            s3.download_file(args.bucket, args.key, str(local))
+        except (BotoCoreError, ClientError) as exc:
+            _say(f"pipeline fetch-data: s3://{args.bucket}/{args.key}: {exc}")
+            return 1
+        try:
+            # Verified against the canonical sha256 before it replaces the cache.
+            path = ensure_dataset(local, report=report)
+        except DatasetError as exc:
+            raise _usage(str(exc)) from exc
+    print(json.dumps({"dataset": str(path), "source": f"s3://{args.bucket}/{args.key}"}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipeline register-challenger
+
+
+def _write_outputs(folder: Path | None, values: dict[str, str]) -> None:
+    if folder is None:
+        return
+    from model.atomic import write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, value in values.items():
+        write_text(folder / name, value)
+
+
+def run_register_challenger(args: argparse.Namespace) -> int:
+    from model.registry import (
+        CHALLENGER,
+        REGISTERED_MODEL_NAME,
+        TAG_GATE,
+        TAG_MODEL_VERSION,
+        RegistryError,
+        aliases,
+        connect,
+        set_alias,
+    )
+
+    try:
+        client, _ = connect()
+    except RegistryError as exc:
+        _say(f"pipeline register-challenger: {exc}")
+        return 1
+    version = aliases(client).get(CHALLENGER)
+    if version is None:
+        _say(f"pipeline register-challenger: no {CHALLENGER} alias on {REGISTERED_MODEL_NAME}; the gate did not pass")
+        return 1
+    details = client.get_model_version(REGISTERED_MODEL_NAME, version)
+    tags = details.tags or {}
+    if tags.get(TAG_MODEL_VERSION) != args.model_version:
+        _say(
+            f"pipeline register-challenger: {CHALLENGER} is version {version} "
+            f"({tags.get(TAG_MODEL_VERSION, 'untagged')}), not a {args.model_version}"
+        )
+        return 1
+    if tags.get(TAG_GATE) != "passed":
+        _say(f"pipeline register-challenger: version {version} has {TAG_GATE}={tags.get(TAG_GATE)!r}, not 'passed'")
+        return 1
+    set_alias(client, CHALLENGER, version)  # idempotent: the gate set it; this pins what is proposed
+    for key, value in (("fraud.workflow", args.workflow), ("fraud.source_revision", args.revision)):
+        if value:
+            client.set_model_version_tag(REGISTERED_MODEL_NAME, version, key, value)
+    uri = f"models:/{REGISTERED_MODEL_NAME}/{version}"
+    _write_outputs(args.outputs, {"registry-version": str(version), "model-uri": uri})
+    print(json.dumps({"model_version": args.model_version, "registry_version": str(version), "model_uri": uri}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# propose-version
+
+
+def run_propose(args: argparse.Namespace) -> int:
+    from infra.propose import ProposeError, image_from_build_metadata, propose
+
+    gate = None
+    if args.gate_report is not None:
+        try:
+            gate = json.loads(args.gate_report.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise _usage(f"--gate-report {args.gate_report}: cannot be read as JSON ({exc})") from exc
+    try:
+        image = image_from_build_metadata(args.build_metadata)
+        proposal = propose(
+            stack=args.stack,
+            model_version=args.model_version,
+            model_uri=args.model_uri,
+            mode=args.mode,
+            repo=args.repo,
+            base=args.base,
+            github_api=args.github_api,
+            github_repo=args.github_repo,
+            username=os.environ.get("GIT_USERNAME") or None,
+            token=os.environ.get("GIT_TOKEN") or None,
+            image=image,
+            workflow=args.workflow,
+            gate=gate,
+            branch=args.branch,
+        )
+    except ProposeError as exc:
+        _say(f"propose-version: {exc}")
+        return 1
+    if proposal.changed:
+        _say(f"propose-version: {'pull request' if args.mode == 'pull-request' else 'commit'} {proposal.url}")
+    else:
+        _say(
+            f"propose-version: Pulumi.{args.stack}.yaml already has {args.model_version} ({args.model_uri}); "
+            "nothing to do"
+        )
+    _write_outputs(args.outputs, {"proposal-url": proposal.url})
+    print(json.dumps(proposal.to_json()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# wave-gate
+
+
+def _wave_gate(args: argparse.Namespace) -> Any:
+    from infra.kubeapi import KubeClient, KubeConfigError, load_credentials
+    from infra.waves import ClusterReader, WaveGate
+
+    if not args.upstream:
+        raise _usage("--upstream: give at least one upstream region context")
+    try:
+        local = KubeClient(load_credentials(args.local_kubeconfig, args.local_context, allow_in_cluster=True))
+        upstream = {
+            context: KubeClient(load_credentials(args.kubeconfig, context, allow_in_cluster=False))
+            for context in args.upstream
+        }
+    except KubeConfigError as exc:
+        raise _usage(str(exc)) from exc
+    reader = lambda client: ClusterReader(client, args.strategy, args.namespace, args.name)  # noqa: E731
+    return WaveGate(
+        reader(local), {name: reader(c) for name, c in upstream.items()}, getattr(args, "cache_seconds", 0.0)
+    )
+
+
+def run_wave_gate_check(args: argparse.Namespace) -> int:
+    decision = _wave_gate(args).decide()
+    print(json.dumps(decision.to_json(), indent=2))
+    return 0 if decision.ready else 1
+
+
+def run_wave_gate_serve(args: argparse.Namespace) -> int:
+    from infra.waves import serve
+
+    gate = _wave_gate(args)
+    server = serve(gate, args.host, args.port, log=_say)
+    _say(f"wave-gate: serving on {args.host}:{server.server_address[1]} (upstream: {', '.join(args.upstream)})")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0

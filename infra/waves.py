@@ -1,0 +1,460 @@
+"""Rollout waves across regions: a region starts rolling out a model version only after every region of
+the previous wave has promoted that same version.
+
+Mechanism (per region):
+
+* A region that a later wave waits on runs a read-only identity, ServiceAccount ``fraud-wave-reader``
+  with a ClusterRole that may only ``get`` the rollout objects by name, and a long-lived token Secret.
+* A region that waits (wave > first) runs the wave gate, ``fraudctl wave-gate serve`` (Deployment and
+  Service ``fraud-wave-gate`` in namespace ``fraud-waves``), with a kubeconfig Secret built by Pulumi
+  from each upstream region's ``apiServer`` and reader token. Flagger calls it as a ``confirm-rollout``
+  webhook (``POST /gate``: 200 lets the canary start, anything else holds it and Flagger asks again
+  next interval); Argo Rollouts reads ``GET /status`` as a web metric (``result.ready == true``).
+* The gate reads the version this region is about to roll out (its own target's pod label
+  ``fraud-platform/model-version``) and, in every upstream region, whether that version is promoted:
+  Flagger: Canary phase Initialized/Succeeded with lastAppliedSpec == lastPromotedSpec and the
+  ``-primary`` Deployment on that version; Argo Rollouts: Rollout Healthy, stableRS == currentPodHash,
+  template on that version. Anything unreadable holds the rollout (fails closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from infra import k8s
+from infra.config import Region, StackConfig
+
+NAMESPACE = "fraud-waves"
+GATE = "fraud-wave-gate"
+READER = "fraud-wave-reader"
+READER_TOKEN = f"{READER}-token"
+UPSTREAMS_SECRET = "fraud-wave-upstreams"
+UPSTREAMS_MOUNT = "/etc/fraud-waves"
+GATE_PORT = 8080
+GATE_URL = f"http://{GATE}.{NAMESPACE}.svc.cluster.local:{GATE_PORT}"
+# The fraud service's names (infra/fraud_service.py): what is rolled out and where.
+TARGET_NAMESPACE = "fraud"
+TARGET_NAME = "fraud-detector"
+VERSION_LABEL = "fraud-platform/model-version"
+PROMOTED_CANARY_PHASES = ("Initialized", "Succeeded")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading rollout state (pure functions over API objects)
+
+
+def _template_version(obj: Mapping[str, Any] | None) -> str | None:
+    template = ((obj or {}).get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("labels") or {}).get(VERSION_LABEL)
+
+
+@dataclass(frozen=True)
+class RegionState:
+    region: str
+    promoted: str | None  # the version fully promoted there (None: none, or a rollout in progress)
+    phase: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"promoted_version": self.promoted, "phase": self.phase, "reason": self.reason}
+
+
+def canary_state(region: str, canary: Mapping[str, Any], primary: Mapping[str, Any] | None) -> RegionState:
+    status = canary.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    if phase not in PROMOTED_CANARY_PHASES:
+        return RegionState(region, None, phase, f"canary is {phase}, not promoted")
+    applied, promoted = status.get("lastAppliedSpec"), status.get("lastPromotedSpec")
+    if applied and promoted and applied != promoted:
+        return RegionState(region, None, phase, "the canary's current spec is not the promoted one yet")
+    version = _template_version(primary)
+    if version is None:
+        return RegionState(region, None, phase, f"primary Deployment has no {VERSION_LABEL} label")
+    return RegionState(region, version, phase, f"{version} promoted")
+
+
+def rollout_state(region: str, rollout: Mapping[str, Any]) -> RegionState:
+    status = rollout.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    if phase != "Healthy":
+        return RegionState(region, None, phase, f"rollout is {phase}, not promoted")
+    if not status.get("stableRS") or status.get("stableRS") != status.get("currentPodHash"):
+        return RegionState(region, None, phase, "the rollout's current revision is not the stable one yet")
+    version = _template_version(rollout)
+    if version is None:
+        return RegionState(region, None, phase, f"rollout template has no {VERSION_LABEL} label")
+    return RegionState(region, version, phase, f"{version} promoted")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    ready: bool
+    version: str | None
+    regions: tuple[RegionState, ...]
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "version": self.version,
+            "reason": self.reason,
+            "regions": {r.region: r.to_json() for r in self.regions},
+        }
+
+
+def decide(version: str | None, upstream: Sequence[RegionState]) -> GateDecision:
+    """Ready when every upstream region has promoted exactly ``version``."""
+    if version is None:
+        return GateDecision(False, None, tuple(upstream), f"this region's target has no {VERSION_LABEL} label")
+    waiting = [r for r in upstream if r.promoted != version]
+    if not waiting:
+        names = ", ".join(r.region for r in upstream) or "no upstream region"
+        return GateDecision(True, version, tuple(upstream), f"{version} is promoted in {names}")
+    detail = "; ".join(f"{r.region}: {r.reason}" for r in waiting)
+    return GateDecision(False, version, tuple(upstream), f"waiting for {version} to be promoted in {detail}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading it from clusters
+
+
+@dataclass
+class ClusterReader:
+    """Reads rollout objects through one cluster's API (a KubeClient)."""
+
+    client: Any
+    strategy: str
+    namespace: str = TARGET_NAMESPACE
+    name: str = TARGET_NAME
+
+    def _path(self, kind: str, name: str) -> str:
+        ns = self.namespace
+        return {
+            "canary": f"/apis/flagger.app/v1beta1/namespaces/{ns}/canaries/{name}",
+            "rollout": f"/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts/{name}",
+            "deployment": f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+        }[kind]
+
+    def target_version(self) -> str | None:
+        """The version this cluster is rolling out (its target's template)."""
+        kind = "deployment" if self.strategy == "canary" else "rollout"
+        return _template_version(self.client.get(self._path(kind, self.name)))
+
+    def state(self, region: str) -> RegionState:
+        from infra.kubeapi import KubeError
+
+        try:
+            if self.strategy == "canary":
+                canary = self.client.get(self._path("canary", self.name))
+                primary = self.client.get(self._path("deployment", f"{self.name}-primary"))
+                return canary_state(region, canary, primary)
+            return rollout_state(region, self.client.get(self._path("rollout", self.name)))
+        except KubeError as exc:
+            return RegionState(region, None, "Unknown", f"cannot read rollout state ({exc})")
+
+
+@dataclass
+class WaveGate:
+    """The gate: this region's reader and one reader per upstream region; decisions cached briefly."""
+
+    local: ClusterReader
+    upstream: Mapping[str, ClusterReader]
+    cache_seconds: float = 5.0
+    _cached: tuple[float, GateDecision] | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def decide(self) -> GateDecision:
+        from infra.kubeapi import KubeError
+
+        with self._lock:
+            now = time.monotonic()
+            if self._cached and now - self._cached[0] < self.cache_seconds:
+                return self._cached[1]
+            try:
+                version = self.local.target_version()
+            except KubeError as exc:
+                decision = GateDecision(False, None, (), f"cannot read this region's target ({exc})")
+            else:
+                decision = decide(version, [reader.state(region) for region, reader in self.upstream.items()])
+            self._cached = (now, decision)
+            return decision
+
+
+def serve(gate: WaveGate, host: str, port: int, *, log: Any = None) -> Any:
+    """An HTTP server for the gate (call ``serve_forever`` on the result)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "fraud-wave-gate"
+
+        def _send(self, status: int, payload: Mapping[str, Any]) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._send(200, {"ok": True})
+            elif self.path.split("?")[0] == "/status":
+                # Always 200 with the decision: Argo Rollouts' web metric evaluates `result.ready`.
+                self._send(200, gate.decide().to_json())
+            else:
+                self._send(404, {"error": f"no such path {self.path}; use POST /gate, GET /status or /healthz"})
+
+        def do_POST(self) -> None:
+            if self.path.split("?")[0] != "/gate":
+                self._send(404, {"error": f"no such path {self.path}; use POST /gate"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            payload = self.rfile.read(length) if length else b""
+            try:
+                hook = json.loads(payload or b"{}")
+            except json.JSONDecodeError:
+                self._send(400, {"error": "body must be Flagger's webhook JSON"})
+                return
+            decision = gate.decide()
+            if log:
+                who = f"{hook.get('namespace', '?')}/{hook.get('name', '?')}" if isinstance(hook, dict) else "?"
+                log(f"gate for {who}: {'open' if decision.ready else 'closed'}: {decision.reason}")
+            # Flagger's confirm-rollout: any non-2xx answer holds the canary until the next interval.
+            self._send(200 if decision.ready else 403, decision.to_json())
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            return
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the stack declares
+
+
+def confirm_rollout_webhook(config: StackConfig, region: Region) -> dict[str, Any] | None:
+    """The Flagger webhook that holds ``region``'s canary until the previous wave promoted (None: first wave)."""
+    if not config.upstream_regions(region):
+        return None
+    return {"name": "rollout-wave", "type": "confirm-rollout", "url": f"{GATE_URL}/gate", "timeout": "15s"}
+
+
+def argo_wave_metric(config: StackConfig, region: Region, interval_seconds: int = 60) -> dict[str, Any] | None:
+    """An Argo Rollouts analysis metric that passes once the previous wave promoted (None: first wave).
+    Retries for a day: a later wave legitimately waits as long as the earlier one takes."""
+    if not config.upstream_regions(region):
+        return None
+    return {
+        "name": "rollout-wave",
+        "interval": f"{interval_seconds}s",
+        "count": 1,
+        "failureLimit": 0,
+        "inconclusiveLimit": 0,
+        "consecutiveErrorLimit": 86400 // interval_seconds,
+        "successCondition": "result.ready == true",
+        "provider": {"web": {"url": f"{GATE_URL}/status", "jsonPath": "{$}", "timeoutSeconds": 15}},
+    }
+
+
+def reader_rules() -> list[dict[str, Any]]:
+    names = [TARGET_NAME, f"{TARGET_NAME}-primary"]
+    return [
+        {"apiGroups": ["flagger.app"], "resources": ["canaries"], "verbs": ["get"], "resourceNames": names},
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get"], "resourceNames": names},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"], "resourceNames": names},
+    ]
+
+
+def _rbac(account: str) -> list[dict[str, Any]]:
+    obj_labels = k8s.labels(account, "rollout-waves")
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": NAMESPACE, "labels": obj_labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": account, "labels": obj_labels},
+            "rules": reader_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": account, "labels": obj_labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}],
+        },
+    ]
+
+
+def reader_objects() -> list[dict[str, Any]]:
+    """In a region a later wave waits on: the read-only identity and its token."""
+    token = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": READER_TOKEN,
+            "namespace": NAMESPACE,
+            "labels": k8s.labels(READER_TOKEN, "rollout-waves"),
+            "annotations": {"kubernetes.io/service-account.name": READER},
+        },
+        "type": "kubernetes.io/service-account-token",
+    }
+    return [*_rbac(READER), token]
+
+
+def upstream_kubeconfig(upstreams: Sequence[tuple[Region, Mapping[str, str] | None]]) -> str:
+    """A kubeconfig with one context per upstream region, from its apiServer and reader token Secret data
+    (base64 values, as the API returns them)."""
+    clusters, users, contexts = [], [], []
+    for region, data in upstreams:
+        data = data or {}
+        token = base64.b64decode(data.get("token", "")).decode() if data.get("token") else ""
+        cluster: dict[str, Any] = {"server": region.api_server}
+        if data.get("ca.crt"):
+            cluster["certificate-authority-data"] = data["ca.crt"]
+        clusters.append({"name": region.name, "cluster": cluster})
+        users.append({"name": region.name, "user": {"token": token}})
+        contexts.append(
+            {
+                "name": region.name,
+                "context": {"cluster": region.name, "user": region.name, "namespace": TARGET_NAMESPACE},
+            }
+        )
+    doc = {"apiVersion": "v1", "kind": "Config", "clusters": clusters, "users": users, "contexts": contexts}
+    if contexts:
+        doc["current-context"] = contexts[0]["name"]
+    return json.dumps(doc, indent=2)
+
+
+def gate_objects(config: StackConfig, region: Region, image: Any) -> list[dict[str, Any]]:
+    """In a region that waits: the gate's identity, Deployment and Service (the kubeconfig Secret aside)."""
+    upstream = config.upstream_regions(region)
+    tmp_volume, tmp_mount = k8s.tmp_volume()
+    obj_labels = k8s.labels(GATE, "rollout-waves", **{"fraud-platform/region": region.name})
+    selector = {"app.kubernetes.io/name": GATE}
+    args = [
+        "wave-gate",
+        "serve",
+        "--port",
+        str(GATE_PORT),
+        "--strategy",
+        config.strategy,
+        "--kubeconfig",
+        f"{UPSTREAMS_MOUNT}/config",
+        *[part for r in upstream for part in ("--upstream", r.name)],
+    ]
+    container = k8s.container(
+        "wave-gate",
+        image,
+        command=["fraudctl"],
+        args=args,
+        ports=[{"name": "http", "containerPort": GATE_PORT}],
+        requests={"cpu": "10m", "memory": "128Mi"},
+        limits={"cpu": "200m", "memory": "256Mi"},
+        probes={
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": GATE_PORT}, "periodSeconds": 10},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": GATE_PORT}, "periodSeconds": 30},
+        },
+        volume_mounts=[{"name": "upstreams", "mountPath": UPSTREAMS_MOUNT, "readOnly": True}, tmp_mount],
+    )
+    container["env"] = [{"name": "HOME", "value": "/tmp"}]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": GATE, "namespace": NAMESPACE, "labels": obj_labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": obj_labels},
+                "spec": {
+                    "serviceAccountName": GATE,
+                    "securityContext": k8s.pod_security_context(),
+                    "containers": [container],
+                    "volumes": [{"name": "upstreams", "secret": {"secretName": UPSTREAMS_SECRET}}, tmp_volume],
+                },
+            },
+        },
+    }
+    service = k8s.service(
+        GATE, NAMESPACE, selector, [{"name": "http", "port": GATE_PORT, "targetPort": GATE_PORT}], obj_labels=obj_labels
+    )
+    return [*_rbac(GATE), deployment, service]
+
+
+# Reader token Secrets of regions already built, per program run (keyed by the StackConfig object), so a
+# later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config.py checks).
+_READERS: dict[int, tuple[StackConfig, dict[str, Any]]] = {}
+
+
+def _readers(config: StackConfig) -> dict[str, Any]:
+    entry = _READERS.get(id(config))
+    if entry is None or entry[0] is not config:
+        entry = _READERS[id(config)] = (config, {})
+    return entry[1]
+
+
+class RolloutWaves(pulumi.ComponentResource):
+    """One region's part in the rollout waves: a reader for later waves, a gate for earlier ones."""
+
+    def __init__(
+        self,
+        name: str,
+        config: StackConfig,
+        region: Region,
+        provider: pulumi.ProviderResource,
+        image: Any,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("fraud:waves:RolloutWaves", name, None, opts)
+        self._name, self._provider = name, provider
+        self.outputs: dict[str, Any] = {"wave": region.wave}
+        self.crds_ready: list[pulumi.Resource] = []
+        namespace = self._declare("ns", k8s.namespace(NAMESPACE, pod_security="restricted"), [])
+        later = [r for r in config.regions if region in config.upstream_regions(r)]
+        if later:
+            declared = [self._declare(self._suffix(obj), obj, [namespace]) for obj in reader_objects()]
+            _readers(config)[region.name] = declared[-1]
+            self.outputs["read_by"] = [r.name for r in later]
+        upstream = config.upstream_regions(region)
+        if upstream:
+            readers = _readers(config)
+            data = [readers[r.name].data if r.name in readers else pulumi.Output.from_input(None) for r in upstream]
+            kubeconfig = pulumi.Output.secret(
+                pulumi.Output.all(*data).apply(
+                    lambda values: upstream_kubeconfig(list(zip(upstream, values, strict=True)))
+                )
+            )
+            secret = self._declare(
+                "upstreams",
+                k8s.secret(
+                    UPSTREAMS_SECRET,
+                    NAMESPACE,
+                    {"config": kubeconfig},
+                    obj_labels=k8s.labels(UPSTREAMS_SECRET, "rollout-waves"),
+                ),
+                [namespace, *(readers[r.name] for r in upstream if r.name in readers)],
+            )
+            for obj in gate_objects(config, region, image):
+                self._declare(self._suffix(obj), obj, [namespace, secret])
+            self.outputs.update({"gate_url": GATE_URL, "waits_for": [r.name for r in upstream]})
+        self.register_outputs(self.outputs)
+
+    @staticmethod
+    def _suffix(obj: Mapping[str, Any]) -> str:
+        return f"{obj['kind'].lower()}-{obj['metadata']['name']}"
+
+    def _declare(self, suffix: str, obj: dict[str, Any], depends_on: list[Any]) -> Any:
+        opts = pulumi.ResourceOptions(parent=self, provider=self._provider, depends_on=depends_on)
+        return k8s.declare(f"{self._name}-{suffix}", obj, opts)

@@ -1,0 +1,74 @@
+"""``fraudctl rehearse``: the whole rollout on one machine, with real parts, before anything touches a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from fraudctl.cli import UsageError
+
+
+def register(commands: Any, bench: Any) -> None:
+    parser = commands.add_parser(
+        "rehearse",
+        help="rehearse the model rollout locally: train, serve v1/v2, analyse, promote or roll back",
+        description=__doc__,
+    )
+    parser.add_argument("--stack", default="dev", help="stack whose config drives the rollout (default dev)")
+    parser.add_argument("--strategy", choices=("canary", "blue-green"), help="override the stack's strategy")
+    parser.add_argument("--inject-fault", choices=("error", "degrade"), help="set SIMULATE_ERROR on the candidate")
+    parser.add_argument("--at-step", type=int, default=2, help="analysis step (1-based) at which the fault starts")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="seconds per analysis interval (default: the stack's, capped at 10)"
+    )
+    parser.add_argument("--fraud-share", type=float, default=0.2, help="share of frauds in the replayed traffic")
+    parser.add_argument("--report", type=Path, default=None, help="report folder (default $FRAUD_HOME/reports/rehearsal)")
+    parser.add_argument("--data", default=None, help="dataset: a local path or URL (default: the cached ULB file)")
+    parser.add_argument("--ignore-gate", action="store_true", help="roll out even if the offline gate rejects v2")
+    parser.add_argument("--json", action="store_true", help="print the JSON record on stdout")
+    parser.set_defaults(handler=run)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.inject_fault is None and "--at-step" in sys.argv[1:]:
+        raise UsageError("--at-step: only meaningful with --inject-fault error|degrade")
+    if args.at_step < 1:
+        raise UsageError(f"--at-step: must be 1 or more, got {args.at_step}")
+    if args.interval is not None and not 2 <= args.interval <= 600:
+        raise UsageError(f"--interval: must be between 2 and 600 seconds, got {args.interval:g}")
+    if not 0.01 <= args.fraud_share <= 0.9:
+        raise UsageError(f"--fraud-share: must be in [0.01, 0.9], got {args.fraud_share:g}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.config import ConfigError, load_stack
+    from rehearsal.run import GateRejected, RehearsalOptions, rehearse
+
+    _validate(args)
+    try:
+        config = load_stack(args.stack, overrides={"strategy": args.strategy} if args.strategy else None)
+    except ConfigError as error:
+        raise UsageError("; ".join(error.problems)) from None
+    options = RehearsalOptions(
+        fault=args.inject_fault,
+        at_step=args.at_step,
+        interval_seconds=args.interval,
+        fraud_share=args.fraud_share,
+        report_dir=args.report,
+        data_source=args.data,
+        ignore_gate=args.ignore_gate,
+    )
+    # SIGTERM stops everything the same way Ctrl-C does: servers and Prometheus are torn down.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        data = rehearse(config, options)
+    except GateRejected as error:
+        print(f"fraudctl rehearse: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    return 0

@@ -1,0 +1,105 @@
+"""Orchestrates a rehearsal: models, rig, engine, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra import analysis
+from infra.config import StackConfig
+from rehearsal.engine import FaultPlan, RolloutEngine, StepRecord
+from rehearsal.report import record, write_report
+from rehearsal.rig import LocalRig, RigModels
+from rehearsal.traffic import LabelledTraffic
+
+
+class GateRejected(RuntimeError):
+    """The candidate failed the offline gate: the platform would not roll it out."""
+
+
+@dataclass(frozen=True)
+class RehearsalOptions:
+    fault: str | None = None
+    at_step: int = 2
+    interval_seconds: float | None = None
+    fraud_share: float = 0.2
+    report_dir: Path | None = None
+    data_source: str | None = None
+    scrape_interval: float = 1.0
+    ignore_gate: bool = False
+
+
+def _log(message: str) -> None:
+    print(f"rehearse: {message}", file=sys.stderr, flush=True)
+
+
+def _progress(step: StepRecord, total: int) -> None:
+    checks = " | ".join(c.describe() for c in step.checks)
+    fault = " [fault active]" if step.fault_active else ""
+    _log(f"step {step.index} ({step.phase}, weight {step.weight}%){fault}: {checks} -> failed checks {step.failed_checks}")
+
+
+def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
+    from rehearsal.models import prepare_models
+
+    started = time.time()
+    prepared = prepare_models(config, data_source=options.data_source, log=_log)
+    if not prepared.gate_summary["passed"] and not options.ignore_gate:
+        raise GateRejected(
+            f"the offline gate rejected {config.model.candidate_version}, so it would never be rolled out; "
+            "fix the model or rehearse anyway with --ignore-gate"
+        )
+    interval = options.interval_seconds or min(float(config.analysis.interval_seconds), 10.0)
+    traffic = LabelledTraffic(
+        prepared.feature_names,
+        prepared.holdout_rows,
+        prepared.holdout_labels,
+        model_name=config.model.name,
+        fraud_share=options.fraud_share,
+    )
+    rig = LocalRig(
+        models=RigModels(
+            stable_uri=prepared.stable_uri,
+            stable_version=config.model.stable_version,
+            candidate_uri=prepared.candidate_uri,
+            candidate_version=config.model.candidate_version,
+            model_name=config.model.name,
+        ),
+        settings=config.analysis,
+        traffic=traffic,
+        fault_mode=options.fault,
+        scrape_interval=options.scrape_interval,
+        log=_log,
+        serving_options=prepared.serving_options,
+    )
+    fault = FaultPlan(options.fault, options.at_step) if options.fault else None
+    try:
+        rig.start()
+        _log(
+            f"{config.strategy} rollout of {config.model.candidate_version}: interval {interval:g}s, "
+            f"threshold {config.analysis.threshold}, steps {list(config.analysis.step_weights)}"
+        )
+        engine = RolloutEngine(config.analysis, rig, interval_seconds=interval, fault=fault, progress=_progress)
+        outcome = engine.run(config.strategy)
+    finally:
+        rig.stop()
+    _log(f"decision: {outcome.decision} ({outcome.reason})")
+    extra = {
+        "stack": config.stack,
+        "stable_version": config.model.stable_version,
+        "candidate_version": config.model.candidate_version,
+        "fault": f"{options.fault} at step {options.at_step}" if options.fault else None,
+        "gate": prepared.gate_summary,
+        "interval_seconds": interval,
+        "total_seconds": round(time.time() - started, 2),
+    }
+    data = record(outcome, traffic.tally, extra)
+    out = options.report_dir or prepared.reports_dir / "rehearsal"
+    thresholds = {check.name: check.threshold for check in analysis.rollout_checks(config.analysis)}
+    written = write_report(outcome, data, thresholds, Path(out))
+    data["report"] = [str(p) for p in written]
+    _log(f"report: {written[0]}")
+    return data

@@ -1,0 +1,168 @@
+"""``fraudctl serve`` and ``fraudctl bench serving``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from serving.feedback import SIGNING_KEY_ENV
+
+
+def register(commands: Any, bench: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve a fraud model with MLServer (V2 inference, /feedback, metrics)",
+        description="Run the fraud model server in the foreground until interrupted.",
+    )
+    serve.add_argument(
+        "--model-uri",
+        required=True,
+        help="model directory, models:/fraud-detector@champion, models:/fraud-detector/<version> or runs:/...",
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    serve.add_argument("--metrics-port", type=int, default=8082, help="Prometheus /metrics port (default 8082)")
+    serve.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
+    serve.add_argument("--version", dest="version_label", help="model_version label (default: the model's own)")
+    serve.add_argument("--max-batch-size", type=int, default=0, help="adaptive batching: requests per batch")
+    serve.add_argument(
+        "--max-batch-time", type=float, default=0.0, help="adaptive batching: seconds to wait for a batch to fill"
+    )
+    serve.add_argument("--max-rows", type=int, default=1024, help="rows allowed per request (default 1024)")
+    serve.set_defaults(handler=_serve)
+
+    serving_bench = bench.add_parser(
+        "serving",
+        help="measure serving latency/throughput against MLServer's MLflow runtime (JSON)",
+        description="Start the real server, measure, print JSON on stdout (progress on stderr).",
+    )
+    serving_bench.add_argument("--model-uri", help="model to serve (default: local champion, else a synthetic one)")
+    serving_bench.add_argument("--json", action="store_true", help="print JSON (the only output format)")
+    serving_bench.add_argument("--requests", type=int, default=2000, help="sequential single-row requests")
+    serving_bench.add_argument("--seconds", type=float, default=5.0, help="duration of each concurrency level")
+    serving_bench.add_argument("--skip-mlflow", action="store_true", help="do not measure the MLflow runtime peer")
+    serving_bench.add_argument("--max-batch-size", type=int, default=0)
+    serving_bench.add_argument("--max-batch-time", type=float, default=0.0, help="seconds")
+    serving_bench.set_defaults(handler=_bench)
+
+
+def _usage_error(message: str) -> Exception:
+    from fraudctl.cli import UsageError
+
+    return UsageError(message)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.bench import local_tracking_uri
+    from serving.settings import PROCESS_ENVIRONMENT, ServingConfig, ServingConfigError, write_mlserver_config
+
+    try:
+        config = ServingConfig(
+            model_uri=args.model_uri,
+            version_label=args.version_label,
+            host=args.host,
+            http_port=args.port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            max_batch_size=args.max_batch_size,
+            max_batch_time_seconds=args.max_batch_time,
+            max_rows=args.max_rows,
+        )
+    except ServingConfigError as exc:
+        raise _usage_error(str(exc)) from None
+    uri = config.resolved_model_uri()
+    is_registry = uri.startswith(("models:", "runs:"))
+    if "://" not in uri and not is_registry and not Path(uri).is_dir():
+        raise _usage_error(f"--model-uri {args.model_uri!r}: no such model directory")
+    env = {**os.environ, **PROCESS_ENVIRONMENT}
+    if is_registry and not env.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = local_tracking_uri()
+    if not env.get(SIGNING_KEY_ENV):
+        env[SIGNING_KEY_ENV] = secrets.token_hex(32)
+        print(
+            f"fraudctl serve: {SIGNING_KEY_ENV} is not set; using a random key, so prediction ids verify only "
+            "on this process (set it to the same secret on every replica)",
+            file=sys.stderr,
+        )
+    with tempfile.TemporaryDirectory(prefix="fraud-serve-") as temp:
+        folder = write_mlserver_config(Path(temp) / "config", config)
+        process = subprocess.Popen([sys.executable, "-m", "serving.server", str(folder)], env=env)
+        return _supervise(process, config)
+
+
+def _supervise(process: subprocess.Popen[bytes], config: Any) -> int:
+    import httpx
+
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    ready_url = f"http://{host}:{config.http_port}/v2/models/{config.model_name}/ready"
+    ready = False
+    try:
+        while process.poll() is None:
+            if not ready:
+                try:
+                    ready = httpx.get(ready_url, timeout=1.0).status_code == 200
+                except httpx.TransportError:
+                    ready = False
+                if ready:
+                    print(
+                        f"fraudctl serve: ready: http://{host}:{config.http_port}"
+                        f"/v2/models/{config.model_name}/infer, POST /feedback, metrics "
+                        f"http://{host}:{config.metrics_port}/metrics",
+                        file=sys.stderr,
+                    )
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return 130
+    if not ready:
+        print("fraudctl serve: the server exited before the model was ready (see its log above)", file=sys.stderr)
+        return 1
+    return process.returncode
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from serving.bench import run_bench
+    from serving.settings import ServingConfig, ServingConfigError
+
+    try:
+        ServingConfig(
+            model_uri=args.model_uri or "-",
+            max_batch_size=args.max_batch_size,
+            max_batch_time_seconds=args.max_batch_time,
+        )
+    except ServingConfigError as exc:
+        raise _usage_error(str(exc)) from None
+    if args.requests < 1000:
+        raise _usage_error(f"--requests {args.requests}: use at least 1000 (a p99 needs them)")
+    if not 1.0 <= args.seconds <= 600:
+        raise _usage_error(f"--seconds {args.seconds}: use 1..600")
+    local = args.model_uri and "://" not in args.model_uri and not args.model_uri.startswith(("models:", "runs:"))
+    if local and not Path(args.model_uri).is_dir():
+        raise _usage_error(f"--model-uri {args.model_uri!r}: no such model directory")
+    try:
+        result = run_bench(
+            args.model_uri,
+            requests=args.requests,
+            seconds=args.seconds,
+            skip_mlflow=args.skip_mlflow,
+            max_batch_size=args.max_batch_size,
+            max_batch_time_seconds=args.max_batch_time,
+        )
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,158 @@
+"""GitHub Actions workflows: valid against the GitHub workflow JSON schema (SchemaStore's, vendored by
+check-jsonschema, offline), pinned actions, expressions that resolve, and the jobs the project promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from render_support import STACKS
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+# pulumi/actions v6 inputs (action.yml of the v6 tag) that these workflows may use.
+PULUMI_ACTION_INPUTS = {
+    "command", "stack-name", "work-dir", "cloud-url", "comment-on-pr", "comment-on-pr-number", "comment-on-summary",
+    "github-token", "parallel", "message", "expect-no-changes", "diff", "target", "replace", "target-dependents",
+    "refresh", "secrets-provider", "color", "upsert", "remove", "edit-pr-comment", "config-map", "plan",
+    "suppress-outputs", "suppress-progress", "policyPacks", "policyPackConfigs", "always-include-summary",
+    "pulumi-version", "pulumi-version-file", "exclude-protected", "debug",
+}  # fmt: skip
+CONTEXTS = {
+    "github",
+    "env",
+    "vars",
+    "job",
+    "jobs",
+    "steps",
+    "runner",
+    "secrets",
+    "strategy",
+    "matrix",
+    "needs",
+    "inputs",
+}
+EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
+
+
+def load(path: Path) -> dict[str, Any]:
+    # YAML 1.1 reads the key `on` as True; GitHub reads it as "on".
+    doc = yaml.safe_load(path.read_text())
+    if True in doc:
+        doc["on"] = doc.pop(True)
+    return doc
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return load(ROOT / ".github" / "workflows" / f"{name}.yml")
+
+
+def steps(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    return [(job_id, job, step) for job_id, job in doc["jobs"].items() for step in job.get("steps", [])]
+
+
+def check_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_every_workflow_is_valid_against_the_github_workflow_schema(tmp_path: Path) -> None:
+    assert {p.stem for p in WORKFLOWS} == {"pull-request", "deploy", "drift"}
+    proc = check_schema(*WORKFLOWS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The schema does catch mistakes: a misspelt key and a wrong trigger fail.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOWS[0].read_text().replace("runs-on:", "run-on:", 1))
+    assert check_schema(broken).returncode == 1
+    broken.write_text(WORKFLOWS[0].read_text().replace("timeout-minutes: 60", "timeout-minutes: soon", 1))
+    assert check_schema(broken).returncode == 1
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_and_expressions_resolve(path: Path) -> None:
+    doc = load(path)
+    for job_id, _job, step in steps(doc):
+        uses = step.get("uses")
+        if uses:
+            assert re.match(r"^[\w.-]+/[\w.-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$", uses), (
+                f"{job_id}: {uses} is not pinned"
+            )
+        if uses and uses.startswith("pulumi/actions@"):
+            assert set(step.get("with", {})) <= PULUMI_ACTION_INPUTS, set(step["with"]) - PULUMI_ACTION_INPUTS
+    step_ids = {job_id: {s["id"] for s in job.get("steps", []) if "id" in s} for job_id, job in doc["jobs"].items()}
+    for job_id, job in doc["jobs"].items():
+        needs = job.get("needs", [])
+        needs = [needs] if isinstance(needs, str) else needs
+        assert set(needs) <= set(doc["jobs"]), f"{job_id} needs an unknown job"
+        text = json.dumps(job)
+        for expression in EXPRESSION.findall(text):
+            for ref in re.findall(r"\b([a-z_]+)\.([\w-]+)", expression):
+                if ref[0] in ("needs",):
+                    assert ref[1] in needs, f"{job_id}: ${{{{ {expression} }}}} uses a job it does not need"
+                elif ref[0] == "steps":
+                    assert ref[1] in step_ids[job_id], f"{job_id}: no step with id {ref[1]}"
+            names = re.findall(r"(?<![\w.'\"-])([a-zA-Z_]\w*)(?=\.)", expression)
+            assert set(names) <= CONTEXTS, f"{job_id}: unknown context in ${{{{ {expression} }}}}"
+        for expression in EXPRESSION.findall(json.dumps(job.get("outputs", {}))):
+            assert "steps." in expression
+
+
+def test_stack_matrices_are_the_repositorys_stacks(tmp_path: Path) -> None:
+    """The `stacks` job's script run here lists exactly the stacks the tests render."""
+    for name in ("pull-request", "deploy", "drift"):
+        doc = workflow(name)
+        (step,) = [s for s in doc["jobs"]["stacks"]["steps"] if s.get("id") == "list"]
+        output = tmp_path / f"{name}.out"
+        env = {**os.environ, "GITHUB_OUTPUT": str(output)}
+        subprocess.run(["bash", "-euo", "pipefail", "-c", step["run"]], cwd=ROOT, env=env, check=True, timeout=30)
+        key, _, value = output.read_text().strip().partition("=")
+        assert key == "stacks" and json.loads(value) == list(STACKS)
+        matrix_jobs = [j for j in doc["jobs"].values() if "matrix" in j.get("strategy", {})]
+        assert matrix_jobs and all(
+            j["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.stacks.outputs.list) }}" for j in matrix_jobs
+        )
+
+
+def pulumi_step(doc: dict[str, Any], job: str) -> dict[str, Any]:
+    (step,) = [s for s in doc["jobs"][job]["steps"] if s.get("uses", "").startswith("pulumi/actions@")]
+    return step["with"]
+
+
+def test_pull_requests_run_the_tests_and_comment_a_preview_of_each_stack() -> None:
+    doc = workflow("pull-request")
+    assert "pull_request" in doc["on"]
+    assert any(s.get("run") == "./dev test" for s in doc["jobs"]["test"]["steps"])
+    assert set(doc["jobs"]["preview"]["needs"]) == {"test", "stacks"}
+    preview = pulumi_step(doc, "preview")
+    assert preview["command"] == "preview" and preview["comment-on-pr"] is True
+    assert preview["github-token"] == "${{ secrets.GITHUB_TOKEN }}" and preview["policyPacks"] == "policy"
+    assert doc["permissions"]["pull-requests"] == "write"
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("./dev test")
+
+
+def test_merges_to_main_run_pulumi_up_and_commit_gitops_manifests() -> None:
+    doc = workflow("deploy")
+    assert doc["on"]["push"]["branches"] == ["main"]
+    up = pulumi_step(doc, "up")
+    assert up["command"] == "up" and up["policyPacks"] == "policy"
+    assert doc["jobs"]["up"]["strategy"]["max-parallel"] == 1
+    commit = next(s for s in doc["jobs"]["up"]["steps"] if "gitops/" in s.get("run", ""))
+    assert "git push origin HEAD:main" in commit["run"] and "[skip ci]" in commit["run"]
+
+
+def test_the_scheduled_drift_check_fails_loudly() -> None:
+    doc = workflow("drift")
+    assert doc["on"]["schedule"][0]["cron"]
+    check = pulumi_step(doc, "drift")
+    assert check["command"] == "preview" and check["expect-no-changes"] is True and check["refresh"] is True
+    alarm = next(s for s in doc["jobs"]["drift"]["steps"] if s.get("if") == "failure()")
+    assert "gh issue create" in alarm["run"] and doc["permissions"]["issues"] == "write"

@@ -23,10 +23,15 @@ def register(commands: Any, bench: Any) -> None:
     parser.add_argument("--inject-fault", choices=("error", "degrade"), help="set SIMULATE_ERROR on the candidate")
     parser.add_argument("--at-step", type=int, default=2, help="analysis step (1-based) at which the fault starts")
     parser.add_argument(
-        "--interval", type=float, default=None, help="seconds per analysis interval (default: the stack's, capped at 10)"
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds per analysis interval (default: the stack's, capped at 10)",
     )
     parser.add_argument("--fraud-share", type=float, default=0.2, help="share of frauds in the replayed traffic")
-    parser.add_argument("--report", type=Path, default=None, help="report folder (default $FRAUD_HOME/reports/rehearsal)")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="report folder (default $FRAUD_HOME/reports/rehearsal)"
+    )
     parser.add_argument("--data", default=None, help="dataset: a local path or URL (default: the cached ULB file)")
     parser.add_argument("--ignore-gate", action="store_true", help="roll out even if the offline gate rejects v2")
     parser.add_argument("--json", action="store_true", help="print the JSON record on stdout")

@@ -188,5 +188,8 @@ class RolloutEngine:
             self.progress(record, total)
             if failed >= self.analysis.threshold:
                 self.rig.send_traffic(0, 0)  # the old ReplicaSet is kept for scaleDownDelay: switch back
-                return "rolled_back", "post-promotion analysis failed: aborted, active switched back to the stable model"
+                return (
+                    "rolled_back",
+                    "post-promotion analysis failed: aborted, active switched back to the stable model",
+                )
         return "promoted", f"pre- and post-promotion analysis passed ({runs} runs each)"

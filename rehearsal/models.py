@@ -44,23 +44,24 @@ def prepare_models(
     data_source: str | None = None,
     home: str | Path | None = None,
     scenario: Any = None,
+    train_params: Any = None,
     log: Log = lambda message: None,
 ) -> PreparedModels:
     """Train or reuse v1/v2 in the embedded MLflow registry, run the gate, and pick the holdout to replay.
 
     ``scenario`` replaces the real dataset (tests use a generated one); otherwise the verified ULB file.
     """
+    from model.data import FEATURE_COLUMNS, LABEL_COLUMN
     from model.lifecycle import ensure_models, evaluate_models
     from model.paths import reports_dir
     from model.registry import tracking_uri
     from model.scenario import load_scenario
-    from model.data import FEATURE_COLUMNS, LABEL_COLUMN
 
     settings = gate_settings(config)
     if scenario is None:
         scenario = load_scenario(data_source, home=home, report=log)
-    registered = ensure_models(scenario=scenario, home=home, gate=settings, report=log)
-    outcome = evaluate_models(settings=settings, scenario=scenario, home=home, report=log)
+    registered = ensure_models(scenario=scenario, home=home, gate=settings, train_params=train_params, report=log)
+    outcome = evaluate_models(settings=settings, scenario=scenario, home=home, train_params=train_params, report=log)
     decision = outcome.decision
     log(f"gate: {'passed' if decision.passed else 'FAILED'} ({'; '.join(decision.reasons)})")
     holdout = scenario.holdout

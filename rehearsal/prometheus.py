@@ -78,6 +78,10 @@ class PrometheusProcess:
         self._client = httpx.Client(timeout=10.0)
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -92,7 +92,13 @@ def record(outcome: RolloutOutcome, tally: Any, extra: dict[str, Any]) -> dict[s
                 "failed_checks": s.failed_checks,
                 "fault_active": s.fault_active,
                 "checks": [
-                    {"name": c.name, "value": c.value, "threshold": c.threshold, "direction": c.direction, "passed": c.passed}
+                    {
+                        "name": c.name,
+                        "value": c.value,
+                        "threshold": c.threshold,
+                        "direction": c.direction,
+                        "passed": c.passed,
+                    }
                     for c in s.checks
                 ],
             }

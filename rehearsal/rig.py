@@ -46,14 +46,18 @@ class LocalRig:
         self._signing_key: str | None = None
         self.checks = analysis.rollout_checks(self.settings)
         self.faulty_since: float | None = None
+        self.started_pids: list[int] = []  # every process the rig started, for leftover checks
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalRig:
-        self.log(f"starting MLServer {self.models.stable_version} (stable) and {self.models.candidate_version} (candidate)")
+        self.log(
+            f"starting MLServer {self.models.stable_version} (stable) and {self.models.candidate_version} (candidate)"
+        )
         self.stable = self._server(self.models.stable_uri, self.models.stable_version).start()
         self._signing_key = self.stable.signing_key
         self.candidate = self._server(self.models.candidate_uri, self.models.candidate_version).start()
         self.prometheus = PrometheusProcess(self._targets(), scrape_interval_seconds=self.scrape_interval).start()
+        self.started_pids += [p for p in (self.stable.pid, self.candidate.pid, self.prometheus.pid) if p]
         self.prometheus.wait_for_targets()
         self.log(f"prometheus on {self.prometheus.url} scraping both servers every {self.scrape_interval:g}s")
         return self
@@ -110,9 +114,13 @@ class LocalRig:
         """Roll the candidate to a faulty pod, as `SIMULATE_ERROR` set on the canary would: the new process
         is ready before traffic moves to it, so the fault shows in the model's answers, not as downtime."""
         assert self.candidate and self.prometheus and self.fault_mode
-        self.log(f"injecting fault: SIMULATE_ERROR={'true' if self.fault_mode == 'error' else self.fault_mode} on the candidate")
+        self.log(
+            f"injecting fault: SIMULATE_ERROR={'true' if self.fault_mode == 'error' else self.fault_mode} on the candidate"
+        )
         env = {"SIMULATE_ERROR": "true" if self.fault_mode == "error" else self.fault_mode}
         faulty = self._server(self.models.candidate_uri, self.models.candidate_version, env).start()
+        if faulty.pid:
+            self.started_pids.append(faulty.pid)
         old, self.candidate = self.candidate, faulty
         self.prometheus.set_targets(self._targets())
         old.stop()

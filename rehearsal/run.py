@@ -30,6 +30,11 @@ class RehearsalOptions:
     data_source: str | None = None
     scrape_interval: float = 1.0
     ignore_gate: bool = False
+    # Where the registry and reports live (default $FRAUD_HOME); a generated scenario and quicker training
+    # params replace the real dataset in the test suite's compressed rehearsals.
+    home: Path | None = None
+    scenario: Any = None
+    train_params: Any = None
 
 
 def _log(message: str) -> None:
@@ -39,14 +44,23 @@ def _log(message: str) -> None:
 def _progress(step: StepRecord, total: int) -> None:
     checks = " | ".join(c.describe() for c in step.checks)
     fault = " [fault active]" if step.fault_active else ""
-    _log(f"step {step.index} ({step.phase}, weight {step.weight}%){fault}: {checks} -> failed checks {step.failed_checks}")
+    _log(
+        f"step {step.index} ({step.phase}, weight {step.weight}%){fault}: {checks} -> failed checks {step.failed_checks}"
+    )
 
 
 def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
     from rehearsal.models import prepare_models
 
     started = time.time()
-    prepared = prepare_models(config, data_source=options.data_source, log=_log)
+    prepared = prepare_models(
+        config,
+        data_source=options.data_source,
+        home=options.home,
+        scenario=options.scenario,
+        train_params=options.train_params,
+        log=_log,
+    )
     if not prepared.gate_summary["passed"] and not options.ignore_gate:
         raise GateRejected(
             f"the offline gate rejected {config.model.candidate_version}, so it would never be rolled out; "
@@ -95,6 +109,8 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
         "gate": prepared.gate_summary,
         "interval_seconds": interval,
         "total_seconds": round(time.time() - started, 2),
+        "models_reused": prepared.reused,
+        "process_ids": rig.started_pids,  # all stopped by now; kept to prove it
     }
     data = record(outcome, traffic.tally, extra)
     out = options.report_dir or prepared.reports_dir / "rehearsal"

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
 import httpx
 
 from serving.client import build_feedback, build_infer_request, infer_path, parse_infer_response
@@ -99,7 +100,9 @@ class LabelledTraffic:
         try:
             response = self._client.post(
                 backend.url + infer_path(self.model_name),
-                json=build_infer_request([dict(zip(self.feature_names, self.rows[index], strict=True))], self.feature_names),
+                json=build_infer_request(
+                    [dict(zip(self.feature_names, self.rows[index], strict=True))], self.feature_names
+                ),
             )
         except httpx.HTTPError:
             self.tally.add_failure(backend.version)

@@ -33,11 +33,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pulumi
-
-from infra import charts, k8s
+# infra.k8s is imported where used: it loads the Pulumi SDK, which fraudctl's run-time commands
+# (in the project image) do without.
+from infra import charts
 from infra.config import GitSettings, Region, StackConfig
-from infra.platform import PlatformArgs, PlatformComponent
 
 TEMPLATE_NAME = "fraud-model-training"
 NAMESPACE = charts.NAMESPACES["argoWorkflows"]
@@ -114,6 +113,8 @@ def _step_container(
     cpu: tuple[str, str] = ("100m", "1"),
     memory: tuple[str, str] = ("512Mi", "2Gi"),
 ) -> dict[str, Any]:
+    from infra import k8s
+
     base_env = [
         {"name": "FRAUD_HOME", "value": FRAUD_HOME},
         {"name": "MLFLOW_TRACKING_URI", "value": endpoints.tracking_url},
@@ -137,6 +138,8 @@ def _step_container(
 
 
 def _s3_env(endpoints: PipelineEndpoints, config: StackConfig) -> list[dict[str, Any]]:
+    from infra import k8s
+
     env = [
         {"name": "AWS_ENDPOINT_URL_S3", "value": endpoints.s3_endpoint},
         {"name": "AWS_DEFAULT_REGION", "value": config.mlflow.region},
@@ -174,6 +177,8 @@ def _git_artifact(git: GitSettings) -> dict[str, Any]:
 
 def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEndpoints) -> dict[str, Any]:
     """The ``fraud-model-training`` WorkflowTemplate for one region (its data bucket, MLflow and Harbor)."""
+    from infra import k8s
+
     baseline, candidates = baseline_and_candidates()
     settings = config.pipeline
     train_resources = {
@@ -376,6 +381,8 @@ def _build_template(config: StackConfig, region: Region) -> dict[str, Any]:
 
 
 def _propose_template(config: StackConfig, endpoints: PipelineEndpoints) -> dict[str, Any]:
+    from infra import k8s
+
     args = [
         "propose-version",
         "--stack",
@@ -416,6 +423,8 @@ def _propose_template(config: StackConfig, endpoints: PipelineEndpoints) -> dict
 
 def rbac_objects() -> list[dict[str, Any]]:
     """The workflow pods' identity: Argo's executor reports step results through WorkflowTaskResults."""
+    from infra import k8s
+
     obj_labels = k8s.labels(SERVICE_ACCOUNT, "pipeline")
     return [
         {
@@ -472,79 +481,3 @@ def submission(
             "arguments": {"parameters": [{"name": k, "value": v} for k, v in values.items()]},
         },
     }
-
-
-class TrainingPipeline(PlatformComponent):
-    """The WorkflowTemplate, its service account and the Secrets its steps read, in Argo's namespace."""
-
-    component = "argoWorkflows"
-
-    def __init__(
-        self,
-        name: str,
-        args: PlatformArgs,
-        *,
-        namespace: Any,
-        image: Any,
-        tracking_url: str,
-        artifact_store: Any,
-        harbor_password: Any | None,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("TrainingPipeline", name, args, opts)
-        config, region = self.config, args.region
-        self.namespace = namespace
-        registry_host = region.registry_host or config.registry.host
-        depends: list[Any] = []
-        for obj in rbac_objects():
-            depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [namespace]))
-        s3_secret = None
-        if artifact_store.has_static_credentials:
-            s3_secret = S3_SECRET
-            depends.append(
-                self.make_secret(
-                    "s3",
-                    S3_SECRET,
-                    {
-                        "AWS_ACCESS_KEY_ID": pulumi.Output.secret(artifact_store.access_key),
-                        "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(artifact_store.secret_key),
-                    },
-                )
-            )
-        if harbor_password is not None:
-            docker_json = pulumi.Output.secret(
-                pulumi.Output.from_input(harbor_password).apply(
-                    lambda pw: docker_config_json(registry_host, "admin", pw)
-                )
-            )
-            harbor = k8s.secret(
-                HARBOR_SECRET,
-                NAMESPACE,
-                {".dockerconfigjson": docker_json},
-                obj_labels=k8s.labels(HARBOR_SECRET, "pipeline"),
-            )
-            harbor["type"] = "kubernetes.io/dockerconfigjson"
-            depends.append(self.declare("harbor", harbor, [namespace]))
-        if config.git_token_set:
-            token = pulumi.Config("fraud-platform").require_secret("gitToken")
-            depends.append(
-                self.make_secret(
-                    "git", GIT_SECRET, {GIT_SECRET_USERNAME_KEY: "x-access-token", GIT_SECRET_TOKEN_KEY: token}
-                )
-            )
-        endpoints = PipelineEndpoints(
-            image=image,
-            tracking_url=tracking_url,
-            registry_host=registry_host,
-            s3_endpoint=artifact_store.endpoint_url,
-            s3_secret=s3_secret,
-        )
-        template = workflow_template(config, region, endpoints)
-        self.template = self.declare("workflow-template", template, depends)
-        self.finish(
-            workflow_template=f"{NAMESPACE}/{TEMPLATE_NAME}",
-            submit=f"fraudctl pipeline submit --context {region.context} --model-version "
-            f"{template['spec']['arguments']['parameters'][0]['value']} --follow",
-            data_bucket=region.data_bucket or "",
-            image_repository=image_repository(config, region),
-        )

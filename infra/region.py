@@ -105,12 +105,12 @@ class RegionStack(pulumi.ComponentResource):
         )
         self.components["fraud"] = self.fraud_service  # type: ignore[assignment]  # same outputs/crds_ready shape
         # --- pipeline and GitOps (issue 6) ---
-        from infra import pipeline, waves
+        from infra import pipeline_stack
 
         argo = self.components.get("argoWorkflows")
         if argo is not None and mlflow is not None and config.pipeline.enabled:
             harbor_component = self.components.get("harbor")
-            self.components["pipeline"] = pipeline.TrainingPipeline(
+            self.components["pipeline"] = pipeline_stack.TrainingPipeline(
                 f"{name}-pipeline",
                 platform.PlatformArgs(config, region, self.provider, tuple(argo.crds_ready)),
                 namespace=argo.namespace,
@@ -125,7 +125,7 @@ class RegionStack(pulumi.ComponentResource):
                 f"{name}-gitops", config, region, self.provider, self.crds_ready("argocd"), child
             )
         if len(config.waves()) > 1:
-            self.components["waves"] = waves.RolloutWaves(  # type: ignore[assignment]
+            self.components["waves"] = pipeline_stack.RolloutWaves(  # type: ignore[assignment]
                 f"{name}-waves", config, region, self.provider, image_ref, child
             )
 

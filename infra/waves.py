@@ -27,9 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi
-
-from infra import k8s
 from infra.config import Region, StackConfig
 
 NAMESPACE = "fraud-waves"
@@ -274,6 +271,8 @@ def reader_rules() -> list[dict[str, Any]]:
 
 
 def _rbac(account: str) -> list[dict[str, Any]]:
+    from infra import k8s
+
     obj_labels = k8s.labels(account, "rollout-waves")
     return [
         {
@@ -299,6 +298,8 @@ def _rbac(account: str) -> list[dict[str, Any]]:
 
 def reader_objects() -> list[dict[str, Any]]:
     """In a region a later wave waits on: the read-only identity and its token."""
+    from infra import k8s
+
     token = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -339,6 +340,8 @@ def upstream_kubeconfig(upstreams: Sequence[tuple[Region, Mapping[str, str] | No
 
 def gate_objects(config: StackConfig, region: Region, image: Any) -> list[dict[str, Any]]:
     """In a region that waits: the gate's identity, Deployment and Service (the kubeconfig Secret aside)."""
+    from infra import k8s
+
     upstream = config.upstream_regions(region)
     tmp_volume, tmp_mount = k8s.tmp_volume()
     obj_labels = k8s.labels(GATE, "rollout-waves", **{"fraud-platform/region": region.name})
@@ -391,70 +394,3 @@ def gate_objects(config: StackConfig, region: Region, image: Any) -> list[dict[s
         GATE, NAMESPACE, selector, [{"name": "http", "port": GATE_PORT, "targetPort": GATE_PORT}], obj_labels=obj_labels
     )
     return [*_rbac(GATE), deployment, service]
-
-
-# Reader token Secrets of regions already built, per program run (keyed by the StackConfig object), so a
-# later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config.py checks).
-_READERS: dict[int, tuple[StackConfig, dict[str, Any]]] = {}
-
-
-def _readers(config: StackConfig) -> dict[str, Any]:
-    entry = _READERS.get(id(config))
-    if entry is None or entry[0] is not config:
-        entry = _READERS[id(config)] = (config, {})
-    return entry[1]
-
-
-class RolloutWaves(pulumi.ComponentResource):
-    """One region's part in the rollout waves: a reader for later waves, a gate for earlier ones."""
-
-    def __init__(
-        self,
-        name: str,
-        config: StackConfig,
-        region: Region,
-        provider: pulumi.ProviderResource,
-        image: Any,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("fraud:waves:RolloutWaves", name, None, opts)
-        self._name, self._provider = name, provider
-        self.outputs: dict[str, Any] = {"wave": region.wave}
-        self.crds_ready: list[pulumi.Resource] = []
-        namespace = self._declare("ns", k8s.namespace(NAMESPACE, pod_security="restricted"), [])
-        later = [r for r in config.regions if region in config.upstream_regions(r)]
-        if later:
-            declared = [self._declare(self._suffix(obj), obj, [namespace]) for obj in reader_objects()]
-            _readers(config)[region.name] = declared[-1]
-            self.outputs["read_by"] = [r.name for r in later]
-        upstream = config.upstream_regions(region)
-        if upstream:
-            readers = _readers(config)
-            data = [readers[r.name].data if r.name in readers else pulumi.Output.from_input(None) for r in upstream]
-            kubeconfig = pulumi.Output.secret(
-                pulumi.Output.all(*data).apply(
-                    lambda values: upstream_kubeconfig(list(zip(upstream, values, strict=True)))
-                )
-            )
-            secret = self._declare(
-                "upstreams",
-                k8s.secret(
-                    UPSTREAMS_SECRET,
-                    NAMESPACE,
-                    {"config": kubeconfig},
-                    obj_labels=k8s.labels(UPSTREAMS_SECRET, "rollout-waves"),
-                ),
-                [namespace, *(readers[r.name] for r in upstream if r.name in readers)],
-            )
-            for obj in gate_objects(config, region, image):
-                self._declare(self._suffix(obj), obj, [namespace, secret])
-            self.outputs.update({"gate_url": GATE_URL, "waits_for": [r.name for r in upstream]})
-        self.register_outputs(self.outputs)
-
-    @staticmethod
-    def _suffix(obj: Mapping[str, Any]) -> str:
-        return f"{obj['kind'].lower()}-{obj['metadata']['name']}"
-
-    def _declare(self, suffix: str, obj: dict[str, Any], depends_on: list[Any]) -> Any:
-        opts = pulumi.ResourceOptions(parent=self, provider=self._provider, depends_on=depends_on)
-        return k8s.declare(f"{self._name}-{suffix}", obj, opts)

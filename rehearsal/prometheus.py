@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -168,10 +169,9 @@ class PrometheusProcess:
                 os.killpg(self._proc.pid, signal.SIGTERM)
                 self._proc.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                    self._proc.wait(timeout=10)
         self._proc = None
         self._client.close()
         if self._dir is not None:

@@ -121,7 +121,8 @@ def summary_markdown(data: dict[str, Any], charts: list[Path]) -> str:
     lines = [
         f"# Rollout rehearsal: {data['decision']}",
         "",
-        f"- strategy: **{data['strategy']}**, {data['stable_version']} (stable) -> {data['candidate_version']} (candidate)",
+        f"- strategy: **{data['strategy']}**, {data['stable_version']} (stable) -> "
+        f"{data['candidate_version']} (candidate)",
         f"- decision: **{data['decision']}**: {data['reason']}",
         f"- requests: {data['requests_total']} (stable failed {data['primary_failed']}, candidate failed "
         f"{data['candidate_failed']}, answered by a faulty candidate {data['candidate_bad_served']})",

@@ -114,10 +114,8 @@ class LocalRig:
         """Roll the candidate to a faulty pod, as `SIMULATE_ERROR` set on the canary would: the new process
         is ready before traffic moves to it, so the fault shows in the model's answers, not as downtime."""
         assert self.candidate and self.prometheus and self.fault_mode
-        self.log(
-            f"injecting fault: SIMULATE_ERROR={'true' if self.fault_mode == 'error' else self.fault_mode} on the candidate"
-        )
         env = {"SIMULATE_ERROR": "true" if self.fault_mode == "error" else self.fault_mode}
+        self.log(f"injecting fault: SIMULATE_ERROR={env['SIMULATE_ERROR']} on the candidate")
         faulty = self._server(self.models.candidate_uri, self.models.candidate_version, env).start()
         if faulty.pid:
             self.started_pids.append(faulty.pid)

@@ -44,9 +44,8 @@ def _log(message: str) -> None:
 def _progress(step: StepRecord, total: int) -> None:
     checks = " | ".join(c.describe() for c in step.checks)
     fault = " [fault active]" if step.fault_active else ""
-    _log(
-        f"step {step.index} ({step.phase}, weight {step.weight}%){fault}: {checks} -> failed checks {step.failed_checks}"
-    )
+    where = f"step {step.index} ({step.phase}, weight {step.weight}%){fault}"
+    _log(f"{where}: {checks} -> failed checks {step.failed_checks}")
 
 
 def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pulumi
 
-from infra import analysis, charts, k8s, observability
+from infra import analysis, charts, k8s, observability, waves
 from infra.config import Region, StackConfig
 from serving.faults import MODE_ENV
 from serving.feedback import SIGNING_KEY_ENV
@@ -491,7 +491,7 @@ def _webhook_timeout(params: Mapping[str, str]) -> str:
 # Canary (Flagger + Istio)
 
 
-def flagger_webhooks(config: StackConfig) -> list[dict[str, Any]]:
+def flagger_webhooks(config: StackConfig, region: Region | None = None) -> list[dict[str, Any]]:
     smoke = {"target": CANARY_URL, "model": config.model.name}
     warmup = replay_parameters(config, CANARY_URL, warmup=True)
     step = replay_parameters(config, CANARY_URL)
@@ -518,6 +518,10 @@ def flagger_webhooks(config: StackConfig) -> list[dict[str, Any]]:
             "metadata": step,
         },
     ]
+    wave = waves.confirm_rollout_webhook(config, region) if region is not None else None
+    if wave is not None:
+        # Rollout waves: this region's canary starts only once the previous wave promoted.
+        hooks.insert(0, wave)
     if config.analysis.manual_promotion:
         # Open with the load tester's gate API (docs/ROLLOUT.md); closed by default.
         hooks.append(
@@ -526,14 +530,14 @@ def flagger_webhooks(config: StackConfig) -> list[dict[str, Any]]:
     return hooks
 
 
-def canary(config: StackConfig) -> dict[str, Any]:
+def canary(config: StackConfig, region: Region | None = None) -> dict[str, Any]:
     a = config.analysis
     spec_analysis: dict[str, Any] = {
         "interval": analysis.prometheus_duration(a.interval_seconds),
         "threshold": a.threshold,
         "stepWeights": list(a.step_weights),
         "metrics": analysis.flagger_canary_metrics(a, NS, config.model.target_version),
-        "webhooks": flagger_webhooks(config),
+        "webhooks": flagger_webhooks(config, region),
     }
     if config.alerts_enabled:
         spec_analysis["alerts"] = [
@@ -588,6 +592,7 @@ def alert_objects(webhook_url: Any) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------
 # Blue-green (Argo Rollouts)
 
+ARGO_WAVE = "fraud-rollout-wave"
 ARGO_SMOKE = "fraud-smoke"
 ARGO_REPLAY = "fraud-replay"
 
@@ -607,6 +612,19 @@ def _web_metric(name: str, path: str, body: Mapping[str, str], timeout: int, **s
                 "jsonPath": "{$.ok}",
             }
         },
+    }
+
+
+def argo_wave_template(config: StackConfig, region: Region | None) -> dict[str, Any] | None:
+    """Blue-green waves: pre-promotion waits until the previous wave promoted (None: first wave)."""
+    metric = waves.argo_wave_metric(config, region) if region is not None else None
+    if metric is None:
+        return None
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AnalysisTemplate",
+        "metadata": {"name": ARGO_WAVE, "namespace": NS, "labels": object_labels("analysis")},
+        "spec": {"metrics": [metric]},
     }
 
 
@@ -648,8 +666,9 @@ def argo_templates(config: StackConfig) -> list[dict[str, Any]]:
     return [checks, smoke_template, replay_template]
 
 
-def rollout(config: StackConfig, image: Any) -> dict[str, Any]:
+def rollout(config: StackConfig, image: Any, region: Region | None = None) -> dict[str, Any]:
     a = config.analysis
+    wave = [{"templateName": ARGO_WAVE}] if argo_wave_template(config, region) is not None else []
     version = [{"name": analysis.ARGO_CANDIDATE_ARG, "value": config.model.target_version}]
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -671,6 +690,7 @@ def rollout(config: StackConfig, image: Any) -> dict[str, Any]:
                     "abortScaleDownDelaySeconds": a.scale_down_delay_seconds,
                     "prePromotionAnalysis": {
                         "templates": [
+                            *wave,
                             {"templateName": ARGO_SMOKE},
                             {"templateName": ARGO_REPLAY},
                             {"templateName": analysis.ARGO_TEMPLATE},
@@ -700,7 +720,13 @@ class ServiceObjects:
     custom: list[tuple[tuple[str, ...], dict[str, Any]]] = field(default_factory=list)
 
 
-def service_objects(config: StackConfig, image: Any, signing_key: Any, alert_webhook_url: Any = None) -> ServiceObjects:
+def service_objects(
+    config: StackConfig,
+    image: Any,
+    signing_key: Any,
+    alert_webhook_url: Any = None,
+    region: Region | None = None,
+) -> ServiceObjects:
     """Every object except the namespace, for the stack's strategy (tests render these directly)."""
     builtin = [service_account(), signing_secret(signing_key), metrics_service(config), autoscaler(config)]
     builtin += [disruption_budget(), *network_policies(config), *replay_objects(config, image)]
@@ -742,12 +768,15 @@ def service_objects(config: StackConfig, image: Any, signing_key: Any, alert_web
             builtin.append(secret)
             custom.append((flagger, provider))
         # Flagger writes Istio VirtualServices and DestinationRules for the Canary: Istio's CRDs too.
-        custom.append((("flagger", "istio"), canary(config)))
+        custom.append((("flagger", "istio"), canary(config, region)))
     else:
         builtin += blue_green_services()
         argo = ("argoRollouts",)
         custom += [(argo, t) for t in argo_templates(config)]
-        custom.append((argo, rollout(config, image)))
+        wave_template = argo_wave_template(config, region)
+        if wave_template is not None:
+            custom.append((argo, wave_template))
+        custom.append((argo, rollout(config, image, region)))
     return ServiceObjects(builtin=builtin, custom=custom)
 
 
@@ -764,6 +793,9 @@ class FraudModelServiceArgs:
     # Platform component key -> the resources its custom resources must wait for (RegionStack.crds_ready).
     crds: Mapping[str, Sequence[pulumi.Resource]]
     depends_on: tuple[pulumi.Resource, ...] = ()
+    # The cluster's own provider, for what must never be written to a GitOps folder (Secrets) and what
+    # they need first (the namespace). None: the same as ``provider``.
+    cluster_provider: pulumi.ProviderResource | None = None
 
 
 class FraudModelService(pulumi.ComponentResource):
@@ -785,7 +817,9 @@ class FraudModelService(pulumi.ComponentResource):
             from infra.config import PROJECT
 
             webhook = pulumi.Config(PROJECT).require_secret("alertWebhookUrl")
-        objects = service_objects(config, args.image, pulumi.Output.secret(signing_key.result), webhook)
+        objects = service_objects(
+            config, args.image, pulumi.Output.secret(signing_key.result), webhook, region=args.region
+        )
         self.resources: dict[str, pulumi.Resource] = {}
         for obj in objects.builtin:
             self._add(obj, [self.namespace])
@@ -803,7 +837,11 @@ class FraudModelService(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
     def _declare(self, suffix: str, obj: dict[str, Any], depends_on: list[pulumi.Resource]) -> Any:
-        opts = pulumi.ResourceOptions(parent=self, provider=self._args.provider, depends_on=depends_on)
+        provider = self._args.provider
+        if obj["kind"] in ("Namespace", "Secret") and self._args.cluster_provider is not None:
+            # With delivery argocd everything else is rendered to git; secret values must not be.
+            provider = self._args.cluster_provider
+        opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=depends_on)
         return k8s.declare(f"{self._name}-{suffix}", obj, opts)
 
     def _add(self, obj: dict[str, Any], depends_on: list[pulumi.Resource]) -> None:

@@ -98,6 +98,7 @@ class RegionStack(pulumi.ComponentResource):
                 config=config,
                 region=region,
                 provider=self.service_provider,
+                cluster_provider=self.provider,
                 image=image_ref,
                 crds={key: self.crds_ready(key) for key in ("flagger", "istio", "argoRollouts", "monitoring")},
             ),

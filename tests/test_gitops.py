@@ -47,14 +47,22 @@ def test_argocd_delivery_syncs_each_regions_folder_with_prune_and_self_heal(stac
         assert app["spec"]["destination"] == {"server": gitops.IN_CLUSTER, "namespace": charts.FRAUD_NAMESPACE}
         assert project["spec"]["sourceRepos"] == [config.git.url]
 
-        # The fraud service is rendered to exactly that folder, not applied to the cluster.
+        # The fraud service is rendered to exactly that folder, not applied to the cluster, except its
+        # namespace and Secrets: secret values must never be written to git.
         service = fraud_service_objects(result, region.name)
         assert service, "the fraud service declared nothing"
+        secrets = 0
         for resource in service:
             provider = provider_of(result, resource)
+            if resource.inputs["kind"] in ("Namespace", "Secret"):
+                assert provider.name == f"region-{region.name}-k8s", resource.name
+                secrets += resource.inputs["kind"] == "Secret"
+                continue
             assert provider.inputs.get("renderYamlToDirectory") == path, resource.name
             assert "context" not in provider.inputs
-        assert not [o for o in objects if o["metadata"].get("namespace") == charts.FRAUD_NAMESPACE]
+        assert secrets >= 1
+        in_cluster = [o["kind"] for o in objects if o["metadata"].get("namespace") == charts.FRAUD_NAMESPACE]
+        assert set(in_cluster) <= {"Secret"}, in_cluster
 
 
 def test_argo_cd_objects_wait_for_the_argo_cd_release() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.data import DATASET_SHA256, FEATURE_COLUMNS, LABEL_COLUMN, ensure_dataset
+from model.data import DATASET_SHA256, FEATURE_COLUMNS, LABEL_COLUMN, ensure_dataset, read_transactions
 from model.gate import GateDecision, GateSettings, decide, holdout_metrics, write_gate_report
 from model.paths import reports_dir
 from model.progress import Report, quiet
@@ -32,7 +32,7 @@ from model.registry import (
     register_trained,
     set_alias,
 )
-from model.scenario import MODEL_VERSIONS, Scenario, ScenarioParams, load_scenario, timestamp_at
+from model.scenario import MODEL_VERSIONS, Scenario, ScenarioParams, build_scenario, timestamp_at
 from model.train import TrainParams, fingerprint, train_model
 
 
@@ -78,17 +78,24 @@ class _ScenarioSource:
 
     def __init__(self, scenario: Scenario | None, source: Any, home: Any, params: ScenarioParams, report: Report):
         self._scenario, self._source, self._home, self._params, self._report = scenario, source, home, params, report
+        self._path: Path | None = None
 
     @property
     def data_sha256(self) -> str:
         if self._scenario is not None:
             return self._scenario.data_sha256
-        ensure_dataset(self._source, home=self._home, report=self._report)  # verifies the cache (or fetches)
+        if self._path is None:  # verifies the cache (or fetches) once
+            self._path = ensure_dataset(self._source, home=self._home, report=self._report)
         return DATASET_SHA256
 
     def get(self) -> Scenario:
         if self._scenario is None:
-            self._scenario = load_scenario(self._source, home=self._home, params=self._params, report=self._report)
+            sha = self.data_sha256
+            assert self._path is not None
+            self._report(f"dataset: reading {self._path.name}")
+            raw = read_transactions(self._path)
+            self._report("scenario: mapping onto the 2023-01..2024-03 calendar and injecting Q1 2024 drift")
+            self._scenario = build_scenario(raw, data_sha256=sha, params=self._params)
         return self._scenario
 
 

@@ -83,8 +83,10 @@ def connect(home: str | Path | None = None) -> tuple[MlflowClient, str]:
     from mlflow import MlflowClient
 
     uri = tracking_uri(home)
-    embedded = "MLFLOW_TRACKING_URI" not in os.environ or not os.environ["MLFLOW_TRACKING_URI"]
-    if embedded:
+    # A tracking server keeps artifacts where it is configured to; a database store given directly
+    # would default to ./mlruns in whatever directory this runs in, so it gets $FRAUD_HOME's instead.
+    local_artifacts = not uri.startswith(("http://", "https://", "databricks"))
+    if local_artifacts:
         fraud_home(home).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -92,7 +94,7 @@ def connect(home: str | Path | None = None) -> tuple[MlflowClient, str]:
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
-            location = (fraud_home(home) / "mlartifacts").as_uri() if embedded else None
+            location = (fraud_home(home) / "mlartifacts").as_uri() if local_artifacts else None
             experiment_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
@@ -146,7 +148,7 @@ def find_registered(
             report(f"registry: {uri} is {candidate.status}, not reusable")
             continue
         try:
-            loaded = load_fraud_model(uri)
+            loaded = _load_registered(uri)
         except ModelArtifactError as exc:
             report(f"registry: {uri} matches but cannot be loaded, not reusable ({exc})")
             continue
@@ -164,6 +166,18 @@ def find_registered(
             model=loaded,
         )
     return None
+
+
+def _load_registered(uri: str) -> FraudModel:
+    """Download into a directory that is removed once the model is in memory (no temp dirs left over)."""
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory(prefix="fraud-model-") as scratch:
+        try:
+            local = download_artifacts(artifact_uri=uri, dst_path=scratch)
+        except Exception as exc:  # mlflow raises many types for a missing or broken artifact
+            raise ModelArtifactError(f"model {uri!r}: cannot be downloaded ({exc})") from exc
+        return load_fraud_model(local)
 
 
 def register_trained(

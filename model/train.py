@@ -64,8 +64,9 @@ class TrainParams:
             problems.append(f"l2_regularization: must be >= 0, got {self.l2_regularization!r}")
         if not 0.0 < self.max_features <= 1.0:
             problems.append(f"max_features: must be in (0, 1], got {self.max_features!r}")
-        if not (self.cost_missed_fraud > 0 and self.cost_false_positive > 0):
-            problems.append("cost_missed_fraud and cost_false_positive: must be > 0 to choose a threshold")
+        costs = (self.cost_missed_fraud, self.cost_false_positive)
+        if min(costs) < 0 or max(costs) <= 0:
+            problems.append(f"cost_missed_fraud, cost_false_positive: must be >= 0 and not both 0, got {costs}")
         if problems:
             raise TrainingError("; ".join(problems))
 

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread_per_xdist_worker() -> Iterator[None]:
-    """Under ``pytest -n 2`` each worker owns one core; two OpenMP threads per worker oversubscribe
-    the machine and make tree training many times slower."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n 2` each worker owns one core. OpenMP (sklearn's tree training) reads this once,
+    # when first loaded, so it is set here, before any test imports sklearn; with two spinning
+    # threads per worker the machine is oversubscribed and training runs many times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

@@ -129,6 +129,17 @@ def test_changed_params_or_a_broken_artifact_mean_retraining(scenario: Scenario,
     assert not fresh.reused and fresh.data_sha256 != first.data_sha256
 
 
+def test_mlflow_tracking_uri_from_the_environment_is_used(
+    scenario: Scenario, fraud_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")
+    model = ensure_models(versions=("v1",), home=fraud_home, scenario=scenario, train_params=FAST)["v1"]
+    assert elsewhere.is_file() and not (fraud_home / "mlflow.db").exists()
+    assert load_fraud_model(model.model_uri).model_version == "v1"
+    assert (fraud_home / "mlartifacts").is_dir()  # not ./mlruns in the working directory
+
+
 def test_evaluate_before_training_says_what_to_run(scenario: Scenario, fraud_home: Path) -> None:
     with pytest.raises(LifecycleError, match="run `fraudctl train --model-version v1` first"):
         evaluate_models(home=fraud_home, scenario=scenario, train_params=FAST)
@@ -155,6 +166,7 @@ def test_real_data_train_then_evaluate_through_the_cli(
 
     monkeypatch.setenv("FRAUD_DATA_SOURCE", str(ulb_dataset))
     assert main(["train", "--model-version", "v1"]) == 0
+    assert capsys.readouterr().out.startswith("v1: models:/fraud-detector/1 (trained)")
     assert main(["train", "--model-version", "v2", "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["v2"]["reused"] is False

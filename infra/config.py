@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from model.gate import CONFIG_KEYS as GATE_CONFIG_KEYS
+from model.gate import GateSettings, GateSettingsError
+
 PROJECT = "fraud-platform"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("canary", "blue-green")
@@ -154,15 +157,6 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
-class GateConfig:
-    min_recall_gain: float
-    precision_band: float
-    max_auprc_loss: float
-    cost_missed_fraud: float
-    cost_false_positive: float
-
-
-@dataclass(frozen=True)
 class GitSettings:
     """The repository this program lives in: Argo CD syncs it, the training pipeline proposes to it."""
 
@@ -203,7 +197,7 @@ class StackConfig:
     serving: ServingSettings
     model: ModelSettings
     analysis: AnalysisSettings
-    gate: GateConfig
+    gate: GateSettings
     alerts_enabled: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
     git: GitSettings = field(default_factory=GitSettings)
@@ -608,18 +602,14 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             "feedbackWindow": integer(60, 86400),
         },
     )
-    gate = _fields(
-        p,
-        "gate",
-        raw.get("gate"),
-        {
-            "minRecallGain": real(-1.0, 1.0),
-            "precisionBand": real(0.0, 1.0),
-            "maxAuprcLoss": real(0.0, 1.0),
-            "costMissedFraud": real(0.0, 1e9),
-            "costFalsePositive": real(0.0, 1e9),
-        },
-    )
+    # The gate's keys, ranges and messages are the model's own (model/gate.py), not repeated here.
+    gate: GateSettings | None = None
+    gate_keys = tuple(key for key, _, _ in GATE_CONFIG_KEYS.values())
+    raw_gate = _object(p, "gate", raw.get("gate"), gate_keys)
+    try:
+        gate = GateSettings.from_config({k: v for k, v in raw_gate.items() if k in gate_keys})
+    except GateSettingsError as error:
+        p.items.extend(error.problems)
     # What each strategy's objects need in the cluster (their CRDs and controllers, and Prometheus for analysis).
     needs = {"canary": ("flagger", "istio", "monitoring"), "blue-green": ("argoRollouts", "monitoring")}
     for name in needs.get(strategy or "", ()):
@@ -689,13 +679,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             scale_down_delay_seconds=analysis["scaleDownDelaySeconds"],
             feedback_window_seconds=analysis["feedbackWindow"],
         ),
-        gate=GateConfig(
-            min_recall_gain=gate["minRecallGain"],
-            precision_band=gate["precisionBand"],
-            max_auprc_loss=gate["maxAuprcLoss"],
-            cost_missed_fraud=gate["costMissedFraud"],
-            cost_false_positive=gate["costFalsePositive"],
-        ),
+        gate=gate,
         alerts_enabled=bool(webhook),
         git=git,
         pipeline=pipeline_settings,
@@ -730,7 +714,7 @@ def _model_metrics(p: _Problems, key: str, value: str, model: Mapping[str, Any])
     try:
         payload = json.loads(path.read_text())
     except FileNotFoundError:
-        p.add(key, f"{path} does not exist; run the evaluation first or set the key to \"\" to publish no metrics")
+        p.add(key, f'{path} does not exist; run the evaluation first or set the key to "" to publish no metrics')
         return "", ""
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         p.add(key, f"{path} is not a readable JSON file ({exc})")

@@ -441,24 +441,13 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
         },
         volume_mounts=[tmp_mount],
     )
-    deploy = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(REPLAY),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": REPLAY}},
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": k8s.pod_security_context(),
-                    "containers": [container],
-                    "volumes": [tmp_volume],
-                },
-            },
-        },
-    }
+    deploy = k8s.deployment(
+        REPLAY,
+        NS,
+        _meta(REPLAY)["labels"],
+        {"automountServiceAccountToken": False, "containers": [container], "volumes": [tmp_volume]},
+        pod_labels=pod_labels,
+    )
     svc = k8s.service(
         REPLAY,
         NS,

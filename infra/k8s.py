@@ -92,6 +92,31 @@ def service(
     }
 
 
+def deployment(
+    name: str,
+    ns: str,
+    obj_labels: Mapping[str, str],
+    pod_spec: Mapping[str, Any],
+    *,
+    replicas: int = 1,
+    pod_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Deployment selecting its pods by ``app.kubernetes.io/name``; the pod spec gets restricted defaults."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": dict(obj_labels)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": dict(pod_labels or obj_labels)},
+                "spec": {"securityContext": pod_security_context(), **pod_spec},
+            },
+        },
+    }
+
+
 def secret(name: str, ns: str, string_data: Mapping[str, Any], *, obj_labels: Mapping[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

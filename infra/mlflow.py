@@ -184,59 +184,42 @@ def tracking_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
         ]
     obj_labels = k8s.labels(TRACKING, "mlflow")
     selector = {"app.kubernetes.io/name": TRACKING}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": TRACKING, "namespace": NS, "labels": obj_labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": obj_labels},
-                "spec": {
-                    "securityContext": k8s.pod_security_context(),
-                    "containers": [
-                        k8s.container(
-                            "mlflow",
-                            image,
-                            command=["mlflow", "server"],
-                            # $(PG_PASSWORD) is expanded by the kubelet from the Secret-backed env var.
-                            args=[
-                                "--host",
-                                "0.0.0.0",
-                                "--port",
-                                str(TRACKING_PORT),
-                                "--workers",
-                                "1",
-                                "--backend-store-uri",
-                                f"postgresql://mlflow:$(PG_PASSWORD)@{POSTGRES}:5432/mlflow",
-                                "--artifacts-destination",
-                                f"s3://{config.mlflow.bucket}",
-                                "--serve-artifacts",
-                                "--allowed-hosts",
-                                f"{TRACKING},{TRACKING}.{NS},{TRACKING}.{NS}.svc.cluster.local,"
-                                f"{TRACKING}:{TRACKING_PORT},{TRACKING}.{NS}:{TRACKING_PORT},"
-                                f"{TRACKING}.{NS}.svc.cluster.local:{TRACKING_PORT},localhost:{TRACKING_PORT}",
-                            ],
-                            env=env,
-                            ports=[{"name": "http", "containerPort": TRACKING_PORT}],
-                            requests={"cpu": "100m", "memory": "512Mi"},
-                            limits={"cpu": "1", "memory": "1536Mi"},
-                            probes={
-                                "readinessProbe": {"httpGet": {"path": "/health", "port": TRACKING_PORT}},
-                                "livenessProbe": {
-                                    "httpGet": {"path": "/health", "port": TRACKING_PORT},
-                                    "initialDelaySeconds": 30,
-                                },
-                            },
-                            volume_mounts=[tmp_mount],
-                        )
-                    ],
-                    "volumes": [tmp_volume],
-                },
+    container = k8s.container(
+        "mlflow",
+        image,
+        command=["mlflow", "server"],
+        # $(PG_PASSWORD) is expanded by the kubelet from the Secret-backed env var.
+        args=[
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(TRACKING_PORT),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"postgresql://mlflow:$(PG_PASSWORD)@{POSTGRES}:5432/mlflow",
+            "--artifacts-destination",
+            f"s3://{config.mlflow.bucket}",
+            "--serve-artifacts",
+            "--allowed-hosts",
+            f"{TRACKING},{TRACKING}.{NS},{TRACKING}.{NS}.svc.cluster.local,"
+            f"{TRACKING}:{TRACKING_PORT},{TRACKING}.{NS}:{TRACKING_PORT},"
+            f"{TRACKING}.{NS}.svc.cluster.local:{TRACKING_PORT},localhost:{TRACKING_PORT}",
+        ],
+        env=env,
+        ports=[{"name": "http", "containerPort": TRACKING_PORT}],
+        requests={"cpu": "100m", "memory": "512Mi"},
+        limits={"cpu": "1", "memory": "1536Mi"},
+        probes={
+            "readinessProbe": {"httpGet": {"path": "/health", "port": TRACKING_PORT}},
+            "livenessProbe": {
+                "httpGet": {"path": "/health", "port": TRACKING_PORT},
+                "initialDelaySeconds": 30,
             },
         },
-    }
+        volume_mounts=[tmp_mount],
+    )
+    deployment = k8s.deployment(TRACKING, NS, obj_labels, {"containers": [container], "volumes": [tmp_volume]})
     svc = k8s.service(
         TRACKING,
         NS,

@@ -372,24 +372,16 @@ def gate_objects(config: StackConfig, region: Region, image: Any) -> list[dict[s
         volume_mounts=[{"name": "upstreams", "mountPath": UPSTREAMS_MOUNT, "readOnly": True}, tmp_mount],
     )
     container["env"] = [{"name": "HOME", "value": "/tmp"}]
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": GATE, "namespace": NAMESPACE, "labels": obj_labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": obj_labels},
-                "spec": {
-                    "serviceAccountName": GATE,
-                    "securityContext": k8s.pod_security_context(),
-                    "containers": [container],
-                    "volumes": [{"name": "upstreams", "secret": {"secretName": UPSTREAMS_SECRET}}, tmp_volume],
-                },
-            },
+    deployment = k8s.deployment(
+        GATE,
+        NAMESPACE,
+        obj_labels,
+        {
+            "serviceAccountName": GATE,
+            "containers": [container],
+            "volumes": [{"name": "upstreams", "secret": {"secretName": UPSTREAMS_SECRET}}, tmp_volume],
         },
-    }
+    )
     service = k8s.service(
         GATE, NAMESPACE, selector, [{"name": "http", "port": GATE_PORT, "targetPort": GATE_PORT}], obj_labels=obj_labels
     )

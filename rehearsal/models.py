@@ -25,19 +25,6 @@ class PreparedModels:
     serving_options: dict[str, Any] = field(default_factory=dict)
 
 
-def gate_settings(config: StackConfig) -> Any:
-    from model.gate import GateSettings
-
-    gate = config.gate
-    return GateSettings(
-        min_recall_gain=gate.min_recall_gain,
-        precision_band=gate.precision_band,
-        max_auprc_loss=gate.max_auprc_loss,
-        cost_missed_fraud=gate.cost_missed_fraud,
-        cost_false_positive=gate.cost_false_positive,
-    )
-
-
 def prepare_models(
     config: StackConfig,
     *,
@@ -57,7 +44,7 @@ def prepare_models(
     from model.registry import tracking_uri
     from model.scenario import load_scenario
 
-    settings = gate_settings(config)
+    settings = config.gate
     if scenario is None:
         scenario = load_scenario(data_source, home=home, report=log)
     registered = ensure_models(scenario=scenario, home=home, gate=settings, train_params=train_params, report=log)

@@ -86,7 +86,12 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
         fault_mode=options.fault,
         scrape_interval=options.scrape_interval,
         log=_log,
-        serving_options=prepared.serving_options,
+        # The servers run with the stack's own adaptive batching, as the cluster's would.
+        serving_options={
+            **prepared.serving_options,
+            "max_batch_size": config.serving.max_batch_size,
+            "max_batch_time_seconds": config.serving.max_batch_time,
+        },
     )
     fault = FaultPlan(options.fault, options.at_step) if options.fault else None
     try:

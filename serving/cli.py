@@ -50,8 +50,11 @@ def register(commands: Any, bench: Any) -> None:
     serving_bench.add_argument("--requests", type=int, default=2000, help="sequential single-row requests")
     serving_bench.add_argument("--seconds", type=float, default=5.0, help="duration of each concurrency level")
     serving_bench.add_argument("--skip-mlflow", action="store_true", help="do not measure the MLflow runtime peer")
-    serving_bench.add_argument("--max-batch-size", type=int, default=0)
-    serving_bench.add_argument("--max-batch-time", type=float, default=0.0, help="seconds")
+    serving_bench.add_argument(
+        "--stack", default="dev", help="stack whose serving.maxBatchSize/maxBatchTime are measured (default dev)"
+    )
+    serving_bench.add_argument("--max-batch-size", type=int, default=None, help="override the stack's maxBatchSize")
+    serving_bench.add_argument("--max-batch-time", type=float, default=None, help="override the stack's (seconds)")
     serving_bench.set_defaults(handler=_bench)
 
 
@@ -135,9 +138,19 @@ def _supervise(process: subprocess.Popen[bytes], config: Any) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from infra.config import ConfigError, load_stack
     from serving.bench import run_bench
     from serving.settings import ServingConfig, ServingConfigError
 
+    # Measure what the platform deploys: batching from the stack config unless overridden.
+    try:
+        stack_serving = load_stack(args.stack).serving
+    except ConfigError as error:
+        raise _usage_error("; ".join(error.problems)) from None
+    if args.max_batch_size is None:
+        args.max_batch_size = stack_serving.max_batch_size
+    if args.max_batch_time is None:
+        args.max_batch_time = stack_serving.max_batch_time
     try:
         ServingConfig(
             model_uri=args.model_uri or "-",

@@ -434,7 +434,7 @@ def test_cli_refuses_bad_flags_with_exit_code_2(tmp_path: Path, capsys: pytest.C
     assert "ports must differ" in capsys.readouterr().err
     assert fraudctl_main(["bench", "serving", "--requests", "10"]) == 2
     assert "at least 1000" in capsys.readouterr().err
-    assert fraudctl_main(["bench", "serving", "--max-batch-size", "8"]) == 2
+    assert fraudctl_main(["bench", "serving", "--max-batch-size", "8", "--max-batch-time", "0"]) == 2
     assert "max_batch_time_seconds" in capsys.readouterr().err
 
 

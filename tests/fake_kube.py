@@ -24,6 +24,21 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """A quiet handler that answers JSON; the test servers here (Kubernetes, GitHub) build on it."""
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        return
+
+    def _json(self, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @dataclass
 class Recorded:
     method: str
@@ -136,18 +151,7 @@ class FakeKube:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: Any) -> None:
-                return
-
-            def _json(self, status: int, payload: Any) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(JsonRequestHandler):
             def _record(self, body: Any) -> tuple[str, dict[str, list[str]]] | None:
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)

@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fake_kube import JsonRequestHandler
 
 from fraudctl.cli import main
 from infra.propose import image_from_build_metadata, set_candidate
@@ -59,31 +60,20 @@ class FakeGitHub:
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                return
-
-            def _send(self, status: int, payload: Any) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(JsonRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(("POST", self.path, dict(self.headers), body))
                 if self.headers.get("Authorization") != f"Bearer {fake.token}":
-                    self._send(401, {"message": "Bad credentials"})
+                    self._json(401, {"message": "Bad credentials"})
                 elif fake.status == 201:
-                    self._send(201, {"number": 7, "html_url": f"https://github.test/o/r/pull/7?head={body['head']}"})
+                    self._json(201, {"number": 7, "html_url": f"https://github.test/o/r/pull/7?head={body['head']}"})
                 else:
-                    self._send(fake.status, {"message": "A pull request already exists for o:branch."})
+                    self._json(fake.status, {"message": "A pull request already exists for o:branch."})
 
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, dict(self.headers), None))
-                self._send(200, [{"number": 3, "html_url": "https://github.test/o/r/pull/3"}])
+                self._json(200, [{"number": 3, "html_url": "https://github.test/o/r/pull/3"}])
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

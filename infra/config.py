@@ -8,6 +8,7 @@ reads ``pulumi.Config`` and calls it. Errors read ``<key>: <what is wrong, and w
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -224,8 +225,14 @@ class StackConfig:
 
 
 def project_schema(root: Path = PROJECT_ROOT) -> dict[str, dict[str, Any]]:
-    """The ``config:`` section of Pulumi.yaml with the project prefix removed."""
-    doc = yaml.safe_load((root / "Pulumi.yaml").read_text())
+    """The ``config:`` section of Pulumi.yaml with the project prefix removed (a copy: callers may edit it)."""
+    return copy.deepcopy(_read_schema(root / "Pulumi.yaml", (root / "Pulumi.yaml").stat().st_mtime_ns))
+
+
+@functools.cache
+def _read_schema(path: Path, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    # Read once per file version: every config load and render asks for it several times.
+    doc = yaml.safe_load(path.read_text())
     return {key.split(":", 1)[-1]: spec for key, spec in (doc.get("config") or {}).items()}
 
 

@@ -64,6 +64,12 @@ def _usage_error(message: str) -> Exception:
     return UsageError(message)
 
 
+def _require_model_dir(uri: str, given: str) -> None:
+    """A local model URI must be an existing folder; registry and remote URIs are checked when loaded."""
+    if "://" not in uri and not uri.startswith(("models:", "runs:")) and not Path(uri).is_dir():
+        raise _usage_error(f"--model-uri {given!r}: no such model directory")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from serving.bench import local_tracking_uri
     from serving.settings import PROCESS_ENVIRONMENT, ServingConfig, ServingConfigError, write_mlserver_config
@@ -84,8 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise _usage_error(str(exc)) from None
     uri = config.resolved_model_uri()
     is_registry = uri.startswith(("models:", "runs:"))
-    if "://" not in uri and not is_registry and not Path(uri).is_dir():
-        raise _usage_error(f"--model-uri {args.model_uri!r}: no such model directory")
+    _require_model_dir(uri, args.model_uri)
     env = {**os.environ, **PROCESS_ENVIRONMENT}
     if is_registry and not env.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = local_tracking_uri()
@@ -163,9 +168,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise _usage_error(f"--requests {args.requests}: use at least 1000 (a p99 needs them)")
     if not 1.0 <= args.seconds <= 600:
         raise _usage_error(f"--seconds {args.seconds}: use 1..600")
-    local = args.model_uri and "://" not in args.model_uri and not args.model_uri.startswith(("models:", "runs:"))
-    if local and not Path(args.model_uri).is_dir():
-        raise _usage_error(f"--model-uri {args.model_uri!r}: no such model directory")
+    if args.model_uri:
+        _require_model_dir(args.model_uri, args.model_uri)
     try:
         result = run_bench(
             args.model_uri,

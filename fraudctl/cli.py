@@ -11,12 +11,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from fraudctl.errors import UsageError
+
 # Modules that contribute subcommands; each defines register(commands, bench).
-COMMAND_MODULES = ("infra.cli", "model.cli", "serving.cli", "rehearsal.cli", "infra.pipeline_cli", "infra.replay")
-
-
-class UsageError(Exception):
-    """Bad input from the user (flags, files, config): printed without a traceback, exit code 2."""
+COMMAND_MODULES = ("infra.cli", "model.cli", "serving.cli", "rehearsal.cli", "ops.cli", "ops.replay")
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import yaml
 
 from model.gate import CONFIG_KEYS as GATE_CONFIG_KEYS
 from model.gate import GateSettings, GateSettingsError
+from rollout.settings import AnalysisSettings
 
 PROJECT = "fraud-platform"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -136,25 +137,6 @@ class ModelSettings:
     @property
     def target_uri(self) -> str:
         return self.candidate_uri if self.target == "candidate" else self.stable_uri
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """Rollout analysis knobs; infra/analysis.py turns them into checks for every engine."""
-
-    interval_seconds: int
-    threshold: int
-    step_weights: tuple[int, ...]
-    min_success_rate: float
-    max_latency_p99_ms: float
-    min_precision: float
-    min_recall: float
-    min_labelled_frauds: int
-    confidence: float
-    manual_promotion: bool
-    auto_promotion: bool
-    scale_down_delay_seconds: int
-    feedback_window_seconds: int = 600
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra.analysis import prometheus_duration
 from infra.config import StackConfig
+from rollout.analysis import prometheus_duration
 from serving.metrics import (
     FEEDBACK_REJECTED_TOTAL,
     FEEDBACK_TOTAL,

@@ -90,7 +90,7 @@ class RegionStack(pulumi.ComponentResource):
             name, config, region, self.provider, parent=self
         )
         # --- fraud service (issue 5) ---
-        from infra.fraud_service import FraudModelService, FraudModelServiceArgs
+        from infra.service.component import FraudModelService, FraudModelServiceArgs
 
         self.fraud_service = FraudModelService(
             f"{name}-fraud",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fraudctl.cli import UsageError
+from fraudctl.errors import UsageError
 
 
 def register(commands: Any, bench: Any) -> None:

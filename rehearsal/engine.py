@@ -1,7 +1,7 @@
 """The rollout walk, as Flagger (canary) or Argo Rollouts (blue-green) would do it, on local processes.
 
 The engine knows nothing of processes or HTTP: it asks a ``Rig`` to send traffic at a weight, to inject
-a fault, and to evaluate the shared analysis checks (``infra.analysis``) against a real Prometheus.
+a fault, and to evaluate the shared analysis checks (``rollout.analysis``) against a real Prometheus.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from infra.config import AnalysisSettings
+from rollout.settings import AnalysisSettings
 
 
 @dataclass(frozen=True)

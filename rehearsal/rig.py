@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra import analysis
-from infra.config import AnalysisSettings
 from rehearsal.engine import CheckResult
 from rehearsal.prometheus import PrometheusProcess, ScrapeTarget
 from rehearsal.traffic import Backend, LabelledTraffic
+from rollout import analysis
+from rollout.settings import AnalysisSettings
 from serving.process import MLServerProcess
 
 Log = Callable[[str], None]

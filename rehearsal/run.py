@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import analysis
 from infra.config import StackConfig
 from rehearsal.engine import FaultPlan, RolloutEngine, StepRecord
 from rehearsal.report import record, write_report
 from rehearsal.rig import LocalRig, RigModels
 from rehearsal.traffic import LabelledTraffic
+from rollout import analysis
 
 
 class GateRejected(RuntimeError):

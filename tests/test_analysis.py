@@ -12,8 +12,10 @@ import pytest
 import yaml
 from render_support import STACKS
 
-from infra import analysis, charts, observability
-from infra.config import AnalysisSettings, load_stack
+from infra import charts, observability
+from infra.config import load_stack
+from rollout import analysis
+from rollout.settings import AnalysisSettings
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 FLAGGER_VALUES = {"{{ namespace }}": "fraud", "{{ variables.candidate_version }}": "v2"}

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from infra import analysis, fraud_service, observability
+from infra import observability
+from infra.service import names as fraud_service
 from infra.config import load_stack
-from infra.replay import ReplayServer, scenario_holdout, synthetic_holdout
+from ops.replay import ReplayServer, scenario_holdout, synthetic_holdout
 from rehearsal.prometheus import PrometheusProcess, ScrapeTarget
+from rollout import analysis
 from serving.client import parse_metrics
 from serving.metrics import METRIC_NAMES
 from serving.process import MLServerProcess

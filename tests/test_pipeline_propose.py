@@ -16,7 +16,7 @@ import yaml
 from fake_kube import JsonRequestHandler
 
 from fraudctl.cli import main
-from infra.propose import image_from_build_metadata, set_candidate
+from ops.propose import image_from_build_metadata, set_candidate
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT_ENV = {

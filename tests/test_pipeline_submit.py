@@ -13,7 +13,8 @@ import pytest
 from fake_kube import FakeKube, argo_pod_name, fnv1a_32
 
 from fraudctl.cli import main
-from infra import pipeline, workflow_run
+from infra import pipeline
+from ops import workflow_run
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = "/apis/argoproj.io/v1alpha1/namespaces/argo/workflows"

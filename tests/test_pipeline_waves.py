@@ -14,7 +14,8 @@ from fake_kube import FakeKube
 
 from fraudctl.cli import main
 from infra import waves
-from infra.kubeapi import KubeClient, load_credentials
+from ops import wave_gate
+from ops.kube import KubeClient, load_credentials
 
 NS = "fraud"
 CANARY = f"/apis/flagger.app/v1beta1/namespaces/{NS}/canaries/fraud-detector"
@@ -26,7 +27,7 @@ ROLLOUT = f"/apis/argoproj.io/v1alpha1/namespaces/{NS}/rollouts/fraud-detector"
 def workload(version: str, **status: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "metadata": {"name": "fraud-detector", "namespace": NS},
-        "spec": {"template": {"metadata": {"labels": {waves.VERSION_LABEL: version}}}},
+        "spec": {"template": {"metadata": {"labels": {wave_gate.VERSION_LABEL: version}}}},
     }
     if status:
         obj["status"] = status
@@ -122,12 +123,12 @@ def test_served_gate_answers_flagger_and_argo_rollouts(regions: tuple[FakeKube, 
     local.put(DEPLOYMENT, workload("v2"))
     upstream.put(CANARY, canary("Progressing", promoted="h1"))
     upstream.put(PRIMARY, workload("v1"))
-    gate = waves.WaveGate(
-        waves.ClusterReader(KubeClient(load_credentials(tmp_path / "local", "us-east")), "canary"),
-        {"eu-west": waves.ClusterReader(KubeClient(load_credentials(tmp_path / "upstreams", "eu-west")), "canary")},
+    gate = wave_gate.WaveGate(
+        wave_gate.ClusterReader(KubeClient(load_credentials(tmp_path / "local", "us-east")), "canary"),
+        {"eu-west": wave_gate.ClusterReader(KubeClient(load_credentials(tmp_path / "upstreams", "eu-west")), "canary")},
         cache_seconds=0,
     )
-    server = waves.serve(gate, "127.0.0.1", 0)
+    server = wave_gate.serve(gate, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     hook = {"name": "fraud-detector", "namespace": NS, "phase": "Progressing", "metadata": {}}
@@ -150,11 +151,11 @@ def test_served_gate_answers_flagger_and_argo_rollouts(regions: tuple[FakeKube, 
 
 
 def test_decisions_and_states_as_pure_functions() -> None:
-    promoted = waves.canary_state("eu", canary("Initialized"), workload("v2"))
+    promoted = wave_gate.canary_state("eu", canary("Initialized"), workload("v2"))
     assert promoted.promoted == "v2"
-    assert waves.canary_state("eu", canary("Succeeded", applied="h3"), workload("v2")).promoted is None
-    assert waves.canary_state("eu", canary("Succeeded"), {"spec": {}}).promoted is None
-    assert waves.decide("v2", [promoted]).ready
-    assert not waves.decide(None, [promoted]).ready
-    assert waves.decide("v2", []).ready  # the first wave has nobody to wait for
-    assert waves.rollout_state("eu", workload("v2", phase="Degraded")).reason == "rollout is Degraded, not promoted"
+    assert wave_gate.canary_state("eu", canary("Succeeded", applied="h3"), workload("v2")).promoted is None
+    assert wave_gate.canary_state("eu", canary("Succeeded"), {"spec": {}}).promoted is None
+    assert wave_gate.decide("v2", [promoted]).ready
+    assert not wave_gate.decide(None, [promoted]).ready
+    assert wave_gate.decide("v2", []).ready  # the first wave has nobody to wait for
+    assert wave_gate.rollout_state("eu", workload("v2", phase="Degraded")).reason == "rollout is Degraded, not promoted"

@@ -5,7 +5,7 @@ service replays holdout transactions (never seen in training) against the candid
 posts each answer's true label to ``POST /feedback`` with the ``prediction_id`` the candidate returned;
 the candidate then counts ``fraud_feedback_total`` under its own version, which the analysis reads.
 
-It runs from the project image as a small Deployment (``python -m infra.replay serve``) because the
+It runs from the project image as a small Deployment (``python -m ops.replay serve``) because the
 Flagger load tester's image cannot run project code. Endpoints (JSON in, JSON out):
 
 * ``POST /smoke``: one small batch against the target: ready, valid probabilities, signed ids, feedback
@@ -342,7 +342,7 @@ class ReplayServer:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line: ``python -m infra.replay serve|run`` (also ``fraudctl replay ...`` via register()).
+# Command line: ``python -m ops.replay serve|run`` (also ``fraudctl replay ...`` via register()).
 
 
 def _holdout_loader(kind: str, source: str | None) -> Callable[[], Holdout]:
@@ -423,7 +423,7 @@ def run_once(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.replay", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.replay", description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="replay_command", required=True, metavar="ACTION")
     _add_arguments(
         actions.add_parser("serve", help="run the rollout webhook server (/smoke, /replay)"),

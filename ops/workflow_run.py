@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from infra import pipeline
-from infra.kubeapi import KubeClient, KubeError
+from ops.kube import KubeClient, KubeError
 
 WORKFLOW_GROUP = "/apis/argoproj.io/v1alpha1"
 FINISHED_PHASES = ("Succeeded", "Failed", "Error")

@@ -3,7 +3,7 @@
 * ``pipeline submit``: run the training WorkflowTemplate in a cluster, optionally following it.
 * ``pipeline fetch-data`` / ``pipeline register-challenger``: steps of that workflow (infra/pipeline.py).
 * ``propose-version``: the workflow's last step, a pull request or commit changing the stack config.
-* ``wave-gate serve | check``: the multi-region rollout wave gate (infra/waves.py).
+* ``wave-gate serve | check``: the multi-region rollout wave gate (ops/wave_gate.py).
 
 Progress and step status go to stderr; results (JSON, logs of followed steps) to stdout.
 """
@@ -22,7 +22,7 @@ from infra import pipeline
 
 
 def _usage(message: str) -> Exception:
-    from fraudctl.cli import UsageError
+    from fraudctl.errors import UsageError
 
     return UsageError(message)
 
@@ -117,8 +117,8 @@ def register(commands: Any, bench: Any) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from infra import workflow_run
-    from infra.kubeapi import KubeClient, KubeConfigError, KubeError, load_credentials
+    from ops import workflow_run
+    from ops.kube import KubeClient, KubeConfigError, KubeError, load_credentials
 
     _, candidates = pipeline.baseline_and_candidates()
     if args.model_version not in candidates:
@@ -252,7 +252,7 @@ def run_register_challenger(args: argparse.Namespace) -> int:
 
 
 def run_propose(args: argparse.Namespace) -> int:
-    from infra.propose import ProposeError, image_from_build_metadata, propose
+    from ops.propose import ProposeError, image_from_build_metadata, propose
 
     gate = None
     if args.gate_report is not None:
@@ -298,8 +298,8 @@ def run_propose(args: argparse.Namespace) -> int:
 
 
 def _wave_gate(args: argparse.Namespace) -> Any:
-    from infra.kubeapi import KubeClient, KubeConfigError, load_credentials
-    from infra.waves import ClusterReader, WaveGate
+    from ops.kube import KubeClient, KubeConfigError, load_credentials
+    from ops.wave_gate import ClusterReader, WaveGate
 
     if not args.upstream:
         raise _usage("--upstream: give at least one upstream region context")
@@ -324,7 +324,7 @@ def run_wave_gate_check(args: argparse.Namespace) -> int:
 
 
 def run_wave_gate_serve(args: argparse.Namespace) -> int:
-    from infra.waves import serve
+    from ops.wave_gate import serve
 
     gate = _wave_gate(args)
     server = serve(gate, args.host, args.port, log=_say)

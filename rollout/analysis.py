@@ -31,7 +31,7 @@ from statistics import NormalDist
 from string import Template
 from typing import Any
 
-from infra.config import AnalysisSettings
+from rollout.settings import AnalysisSettings
 from serving.metrics import FEEDBACK_TOTAL, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL, VERSION_LABEL
 
 DIRECTIONS = ("min", "max")

@@ -571,26 +571,9 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
     if model and model["metricsFile"]:
         metrics_file, metrics_json = _model_metrics(p, "model.metricsFile", model["metricsFile"], model)
 
-    analysis = _fields(
-        p,
-        "analysis",
-        raw.get("analysis"),
-        {
-            "interval": integer(5, 3600),
-            "threshold": integer(1, 100),
-            "stepWeights": lambda k, v: _step_weights(p, k, v),
-            "minSuccessRate": real(50.0, 100.0),
-            "maxLatencyP99Ms": real(1.0, 60000.0),
-            "minPrecision": real(0.0, 1.0),
-            "minRecall": real(0.0, 1.0),
-            "minLabelledFrauds": integer(1, 100000),
-            "confidence": real(0.5, 0.999),
-            "manualPromotion": flag,
-            "autoPromotion": flag,
-            "scaleDownDelaySeconds": integer(0, 86400),
-            "feedbackWindow": integer(60, 86400),
-        },
-    )
+    # The analysis section is declared once, in rollout/settings.py (keys, types, ranges, messages).
+    analysis, analysis_problems = AnalysisSettings.from_section("analysis", raw.get("analysis"))
+    p.items.extend(analysis_problems)
     # The gate's keys, ranges and messages are the model's own (model/gate.py), not repeated here.
     gate: GateSettings | None = None
     gate_keys = tuple(key for key, _, _ in GATE_CONFIG_KEYS.values())
@@ -653,44 +636,13 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJ
             metrics_file=metrics_file,
             metrics_json=metrics_json,
         ),
-        analysis=AnalysisSettings(
-            interval_seconds=analysis["interval"],
-            threshold=analysis["threshold"],
-            step_weights=tuple(analysis["stepWeights"]),
-            min_success_rate=analysis["minSuccessRate"],
-            max_latency_p99_ms=analysis["maxLatencyP99Ms"],
-            min_precision=analysis["minPrecision"],
-            min_recall=analysis["minRecall"],
-            min_labelled_frauds=analysis["minLabelledFrauds"],
-            confidence=analysis["confidence"],
-            manual_promotion=analysis["manualPromotion"],
-            auto_promotion=analysis["autoPromotion"],
-            scale_down_delay_seconds=analysis["scaleDownDelaySeconds"],
-            feedback_window_seconds=analysis["feedbackWindow"],
-        ),
+        analysis=analysis,
         gate=gate,
         alerts_enabled=bool(webhook),
         git=git,
         pipeline=pipeline_settings,
         git_token_set=bool(raw.get("gitToken")),
     )
-
-
-def _step_weights(p: _Problems, key: str, value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, list) or not value:
-        p.add(key, f"must be a non-empty list of increasing percentages in [1, 99], got {value!r}")
-        return None
-    weights: list[int] = []
-    for i, w in enumerate(value):
-        n = _number(p, f"{key}[{i}]", w, lo=1, hi=99, integer=True)
-        if n is None:
-            return None
-        weights.append(n)
-    for i in range(1, len(weights)):
-        if weights[i] <= weights[i - 1]:
-            p.add(key, f"must be strictly increasing, but {weights[i]} follows {weights[i - 1]} (e.g. [5, 10, 50])")
-            return None
-    return tuple(weights)
 
 
 def _model_metrics(p: _Problems, key: str, value: str, model: Mapping[str, Any]) -> tuple[str, str]:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from infra import observability
-from infra.service import names as fraud_service
 from infra.config import load_stack
+from infra.service import names as fraud_service
 from ops.replay import ReplayServer, scenario_holdout, synthetic_holdout
 from rehearsal.prometheus import PrometheusProcess, ScrapeTarget
 from rollout import analysis

@@ -15,9 +15,9 @@ from k8s_schema import validate_objects
 from render_support import ROOT, STACKS, STRATEGIES, rendered
 
 from infra import charts
-from infra.service import names as fraud_service
 from infra.config import ConfigError, load_stack
 from infra.render import HELM_RELEASE, SECRET_MARKER, SECRET_SIG, SECRET_VALUE_SIG, RenderResult, run_program
+from infra.service import names as fraud_service
 from rollout import analysis
 
 NS = charts.FRAUD_NAMESPACE

@@ -154,6 +154,7 @@ class Plan:
     settings: AnalysisSettings
     design: Design
     rps: float
+    interval_seconds: float
     pairs_per_interval: int
     steps: tuple[StepPlan, ...]
     false_rollback: float  # P(roll back | healthy), truncation included
@@ -184,7 +185,7 @@ class Plan:
         s = self.settings
         need = f"; it needs a replay of at least {self.required_rps:.3g}/s" if self.required_rps else ""
         return [
-            f"analysis.replayRate ({self.rps:g}/s) x analysis.interval ({s.interval_seconds} s) = "
+            f"analysis.replayRate ({self.rps:g}/s) x analysis.interval ({self.interval_seconds:g} s) = "
             f"{self.pairs_per_interval} labelled pairs per interval ({self.expected_frauds_per_interval:.1f} frauds at "
             f"analysis.replayFraudShare {s.replay_fraud_share:g}) cannot decide within analysis.horizon "
             f"({s.horizon} intervals) at the stated error rates: planned false rollback {self.false_rollback:.3f} "
@@ -202,10 +203,9 @@ class Plan:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        s = self.settings
         return {
             "replay_rate_per_second": self.rps,
-            "interval_seconds": s.interval_seconds,
+            "interval_seconds": self.interval_seconds,
             "pairs_per_interval": self.pairs_per_interval,
             "expected_labelled_frauds_per_interval": round(self.expected_frauds_per_interval, 2),
             "design": self.design.to_json(),
@@ -241,16 +241,17 @@ def planning_points(settings: AnalysisSettings) -> dict[str, np.ndarray]:
     }
 
 
-def _evaluate(
-    settings: AnalysisSettings, design: Design, rps: float, runs: int, seed: int
-) -> tuple[dict[str, Walk], int]:
-    pairs = max(1, round(rps * settings.interval_seconds))
+def _evaluate(settings: AnalysisSettings, design: Design, pairs: int, runs: int, seed: int) -> dict[str, Walk]:
     steps = len(settings.step_weights)
     walks = {}
     for offset, (name, probabilities) in enumerate(planning_points(settings).items()):
         rng = np.random.default_rng([seed, offset])  # common random numbers across replay rates
         walks[name] = walk(design, steps, multinomial_draw(lambda look, p=probabilities: p, pairs, runs), runs, rng)
-    return walks, pairs
+    return walks
+
+
+def pairs_per_interval(rps: float, interval_seconds: float) -> int:
+    return max(1, round(rps * interval_seconds))
 
 
 def _meets(settings: AnalysisSettings, walks: dict[str, Walk]) -> bool:
@@ -261,20 +262,30 @@ def _meets(settings: AnalysisSettings, walks: dict[str, Walk]) -> bool:
 
 
 def required_rate(
-    settings: AnalysisSettings, *, runs: int = PLAN_RUNS, seed: int = PLAN_SEED, ceiling: float = 1e5
+    settings: AnalysisSettings,
+    *,
+    interval_seconds: float | None = None,
+    runs: int = PLAN_RUNS,
+    seed: int = PLAN_SEED,
+    ceiling: float = 1e5,
 ) -> float | None:
     """The smallest replay rate (pairs/s, to 5 %) whose plan meets the stated error rates; None above ``ceiling``."""
     design = Design.from_settings(settings)
+    interval = interval_seconds or settings.interval_seconds
+
+    def meets(rps: float) -> bool:
+        return _meets(settings, _evaluate(settings, design, pairs_per_interval(rps, interval), runs, seed))
+
     # Below this, the horizon cannot even hold the minimum evidence.
-    low = settings.min_labelled_frauds / (settings.replay_fraud_share * settings.interval_seconds * settings.horizon)
+    low = settings.min_labelled_frauds / (settings.replay_fraud_share * interval * settings.horizon)
     high = max(low, 1e-3) * 2
-    while not _meets(settings, _evaluate(settings, design, high, runs, seed)[0]):
+    while not meets(high):
         if high > ceiling:
             return None
         low, high = high, high * 2
     while high / low > 1.05:
         middle = math.sqrt(low * high)
-        if _meets(settings, _evaluate(settings, design, middle, runs, seed)[0]):
+        if meets(middle):
             high = middle
         else:
             low = middle
@@ -285,19 +296,24 @@ def plan(
     settings: AnalysisSettings,
     rps: float | None = None,
     *,
+    interval_seconds: float | None = None,
     runs: int = PLAN_RUNS,
     seed: int = PLAN_SEED,
     search: bool = True,
 ) -> Plan:
-    """The plan at ``rps`` labelled pairs per second (default ``analysis.replayRate``). ``search``: when the
+    """The plan at ``rps`` labelled pairs per second (default ``analysis.replayRate``) and intervals of
+    ``interval_seconds`` (default ``analysis.interval``; a rehearsal compresses time). ``search``: when the
     targets are not met, also find the smallest replay rate that meets them."""
     rps = settings.replay_rate if rps is None else rps
-    if not rps > 0:
-        raise ValueError(f"rps: must be > 0, got {rps!r}")
+    interval = settings.interval_seconds if interval_seconds is None else interval_seconds
+    if not (math.isfinite(rps) and rps > 0):
+        raise ValueError(f"rps: must be a positive number of labelled pairs per second, got {rps!r}")
+    if not (math.isfinite(interval) and interval > 0):
+        raise ValueError(f"interval_seconds: must be a positive number, got {interval!r}")
     design = Design.from_settings(settings)
-    walks, pairs = _evaluate(settings, design, rps, runs, seed)
+    pairs = pairs_per_interval(rps, interval)
+    walks = _evaluate(settings, design, pairs, runs, seed)
     healthy = walks["healthy"]
-    interval = settings.interval_seconds
     steps = []
     for index, weight in enumerate(settings.step_weights):
         left = healthy.left_step_at[:, index]
@@ -323,6 +339,7 @@ def plan(
         settings=settings,
         design=design,
         rps=rps,
+        interval_seconds=interval,
         pairs_per_interval=pairs,
         steps=tuple(steps),
         false_rollback=healthy.rate(ROLLED_BACK),
@@ -337,7 +354,7 @@ def plan(
     if search and not result.meets_targets:
         from dataclasses import replace
 
-        result = replace(result, required_rps=required_rate(settings, runs=runs, seed=seed))
+        result = replace(result, required_rps=required_rate(settings, interval_seconds=interval, runs=runs, seed=seed))
     return result
 
 

@@ -132,13 +132,13 @@ def format_plan(stack: str, result: Any) -> str:
         f"{d.fail_boundary:.2f}, pass at <= {d.pass_boundary:.2f}; at least {s.min_labelled_frauds} labelled "
         f"frauds; forced at the horizon, {s.horizon} intervals",
         "",
-        f"{'step':>4}  {'weight':>6}  {'left at interval':>16}  {'labelled frauds':>15}  "
+        f"{'step':>4}  {'weight':>6}  {'left after':>10}  {'labelled frauds':>15}  "
         f"{'P(healthy past)':>15}  {'P(recall drop caught)':>21}  {'P(precision drop caught)':>24}",
     ]
     for index, step in enumerate(result.steps, start=1):
-        left = "-" if math.isnan(step.expected_interval_left) else f"{step.expected_interval_left:.1f}"
+        left = _seconds(step.expected_seconds_left)
         lines.append(
-            f"{index:>4}  {step.weight:>5}%  {left:>16}  {step.expected_labelled_frauds:>15.0f}  "
+            f"{index:>4}  {step.weight:>5}%  {left:>10}  {step.expected_labelled_frauds:>15.0f}  "
             f"{step.promote_healthy:>15.3f}  {step.catch_recall_drop:>21.3f}  {step.catch_precision_drop:>24.3f}"
         )
     lines += [

@@ -140,13 +140,14 @@ def walk(
 class StepPlan:
     weight: int
     expected_interval_left: float  # healthy: mean look at which the step is passed
+    expected_seconds_left: float
     expected_labelled_frauds: float  # healthy: labelled frauds seen by then
     promote_healthy: float  # P(a healthy candidate gets past this step)
     catch_recall_drop: float  # P(rolled back by the end of this step), recall worse by the drop
     catch_precision_drop: float
 
     def to_json(self) -> dict[str, Any]:
-        return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in vars(self).items()}
+        return {key: _number(value) for key, value in vars(self).items()}
 
 
 @dataclass(frozen=True)
@@ -215,14 +216,21 @@ class Plan:
             "catch_recall_drop": round(1 - self.miss_recall, 4),
             "catch_precision_drop": round(1 - self.miss_precision, 4),
             "forced_at_horizon_share": round(self.forced_share, 4),
-            "expected_seconds_to_promotion": round(self.seconds_to_promotion, 1),
-            "expected_seconds_to_rollback": round(self.seconds_to_rollback, 1),
+            "expected_seconds_to_promotion": _number(self.seconds_to_promotion, 1),
+            "expected_seconds_to_rollback": _number(self.seconds_to_rollback, 1),
             "meets_targets": self.meets_targets,
             "required_replay_rate_per_second": None if self.required_rps is None else round(self.required_rps, 3),
             "assumptions": self.assumptions,
             "monte_carlo_runs": self.runs,
             "problems": self.problems(),
         }
+
+
+def _number(value: Any, digits: int = 4) -> Any:
+    """JSON-safe: floats rounded, NaN (nothing to average) as null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, digits)
+    return value
 
 
 def planning_points(settings: AnalysisSettings) -> dict[str, np.ndarray]:
@@ -324,6 +332,7 @@ def plan(
             StepPlan(
                 weight=weight,
                 expected_interval_left=float(left[passed].mean()) if passed.any() else math.nan,
+                expected_seconds_left=float(left[passed].mean()) * interval if passed.any() else math.nan,
                 expected_labelled_frauds=float(np.mean(frauds_by_then)) if frauds_by_then else 0.0,
                 promote_healthy=float(passed.mean()),
                 catch_recall_drop=_caught_by(walks["recall_drop"], index),

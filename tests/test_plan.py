@@ -120,6 +120,11 @@ def test_plan_command_exits_2_naming_the_keys_when_it_cannot_decide(capsys) -> N
     assert "3 pairs per interval" in captured.out
     assert captured.err.startswith("fraudctl analysis: analysis.replayRate (1/s) x analysis.interval (3 s)")
     assert "needs a replay of at least" in captured.err and "Traceback" not in captured.err
+    argv = ["analysis", "plan", "--rps", "0.5", "--interval", "10", "--runs", "200", "--json"]
+    assert main(argv) == 2
+    payload = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert not payload["meets_targets"] and payload["steps"][0]["expected_seconds_left"] is None
+    assert payload["problems"] and payload["required_replay_rate_per_second"] > 0.5
 
 
 @pytest.mark.parametrize(

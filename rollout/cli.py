@@ -167,6 +167,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from model.data import DatasetError
     from model.lifecycle import LifecycleError
     from model.paths import reports_dir
+    from rollout.decision import Design
     from rollout.simulate import SimulationError, load_holdout, operating_characteristic, simulate, write_chart
 
     if args.runs < 1:
@@ -174,6 +175,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.fault_at < 1:
         raise UsageError(f"--fault-at: must be interval 1 or later, got {args.fault_at}")
     config = _load(args)
+    last = Design.from_settings(config.analysis).max_looks
+    if args.fault_at > last:
+        raise UsageError(f"--fault-at: must be at most {last} (analysis.horizon + the number of steps)")
     _progress_to_stderr()
     started = time.monotonic()
     try:

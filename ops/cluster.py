@@ -109,13 +109,40 @@ def connect(
         known = ", ".join(contexts) or "none"
         raise ClusterConfigError(f"kubeconfig {where}: no context named {name!r} (known: {known})")
     configuration = Configuration()
+    # The loader logs (rather than raises) a failed exec credential plugin and goes on without credentials.
+    failures = _LoaderErrors()
+    logging.getLogger().addFilter(failures)
     try:
         kube_config.load_kube_config(
             config_file=where, context=name, client_configuration=configuration, persist_config=False
         )
     except Exception as exc:  # ConfigException, YAML errors, missing certificate files...
         raise ClusterConfigError(f"kubeconfig {where}: context {name!r} cannot be used ({_one_line(exc)})") from exc
+    finally:
+        logging.getLogger().removeFilter(failures)
+    if failures.messages:
+        problem = "; ".join(failures.messages)
+        raise ClusterConfigError(f"kubeconfig {where}: context {name!r} has no credentials ({problem})")
     return Cluster(ApiClient(configuration), name, str(contexts[name].get("namespace") or "default"))
+
+
+class _LoaderErrors(logging.Filter):
+    """Takes the kubeconfig loader's error records (kubernetes/config/kube_config.py logs them on the root
+    logger) so they become one ClusterConfigError instead of a stray line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and Path(record.pathname).parts[-3:] == (
+            "kubernetes",
+            "config",
+            "kube_config.py",
+        ):
+            self.messages.append(" ".join(record.getMessage().split()))
+            return False
+        return True
 
 
 def _read_kubeconfig(path: Path) -> dict[str, Any]:

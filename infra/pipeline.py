@@ -38,7 +38,10 @@ from typing import Any
 from infra import charts
 from infra.config import GitSettings, Region, StackConfig
 
-TEMPLATE_NAME = "fraud-model-training"
+# The runtime contract (template name, parameters, the Workflow that runs it) lives with its client in ops/.
+from ops.pipeline_contract import PARAMETERS, PROPOSE_MODES, TEMPLATE_NAME, baseline_and_candidates, submission
+
+__all__ = ["PARAMETERS", "TEMPLATE_NAME", "baseline_and_candidates", "submission"]
 NAMESPACE = charts.NAMESPACES["argoWorkflows"]
 SERVICE_ACCOUNT = "fraud-training"
 EXECUTOR_ROLE = "fraud-training-executor"
@@ -66,19 +69,6 @@ STEPS = (
     "build-image",
     "propose",
 )
-# Workflow parameters: name -> what it is. model-version and the others are what `pipeline submit` sets.
-PARAMETERS = {
-    "model-version": "the model version label to train and propose (a candidate, not the baseline)",
-    "revision": "git revision to build the image from and to propose against",
-    "propose": "pull-request or commit",
-}
-
-
-def baseline_and_candidates() -> tuple[str, tuple[str, ...]]:
-    """The scenario's versions: the first is the baseline the gate compares against, the rest candidates."""
-    from model.scenario import MODEL_VERSIONS
-
-    return MODEL_VERSIONS[0], tuple(MODEL_VERSIONS[1:])
 
 
 @dataclass(frozen=True)
@@ -288,7 +278,7 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
                     {
                         "name": "propose",
                         "description": PARAMETERS["propose"],
-                        "enum": ["pull-request", "commit"],
+                        "enum": list(PROPOSE_MODES),
                         "value": settings.propose,
                     },
                 ]
@@ -454,30 +444,3 @@ def rbac_objects() -> list[dict[str, Any]]:
 def docker_config_json(host: str, username: str, password: str) -> str:
     auth = base64.b64encode(f"{username}:{password}".encode()).decode()
     return json.dumps({"auths": {host: {"username": username, "password": password, "auth": auth}}})
-
-
-def submission(
-    model_version: str, *, namespace: str = NAMESPACE, parameters: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The Workflow that ``fraudctl pipeline submit`` creates: a run of the template with arguments."""
-    values = {"model-version": model_version, **(parameters or {})}
-    unknown = sorted(set(values) - set(PARAMETERS))
-    if unknown:
-        raise ValueError(f"unknown workflow parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMETERS)}")
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {
-            "generateName": f"{TEMPLATE_NAME}-",
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/part-of": "fraud-platform",
-                "workflows.argoproj.io/workflow-template": TEMPLATE_NAME,
-                "fraud-platform/model-version": model_version,
-            },
-        },
-        "spec": {
-            "workflowTemplateRef": {"name": TEMPLATE_NAME},
-            "arguments": {"parameters": [{"name": k, "value": v} for k, v in values.items()]},
-        },
-    }

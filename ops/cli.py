@@ -5,30 +5,29 @@
 * ``propose-version``: the workflow's last step, a pull request or commit changing the stack config.
 * ``wave-gate serve | check``: the multi-region rollout wave gate (ops/wave_gate.py).
 
-Progress and step status go to stderr; results (JSON, logs of followed steps) to stdout.
+Progress and step status are logged (stderr, fraudctl's logging setup); results (JSON, names, logs of
+followed steps) go to stdout. Bad input (flags, kubeconfig, credentials, an unreachable or unready cluster) is
+a UsageError: one line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from infra import pipeline
+from fraudctl.errors import UsageError
+from ops import pipeline_contract as contract
 
+if TYPE_CHECKING:
+    from ops.cluster import Cluster
+    from ops.wave_gate import WaveGate
 
-def _usage(message: str) -> Exception:
-    from fraudctl.errors import UsageError
-
-    return UsageError(message)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def _kube_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,23 +35,21 @@ def _kube_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
 
 
-def register(commands: Any, bench: Any) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], bench: object) -> None:
     group = commands.add_parser("pipeline", help="the training pipeline (Argo Workflows): submit and its steps")
     sub = group.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
 
-    _, candidates = pipeline.baseline_and_candidates()
-    submit = sub.add_parser("submit", help=f"run the {pipeline.TEMPLATE_NAME} WorkflowTemplate in a cluster")
+    _, candidates = contract.baseline_and_candidates()
+    submit = sub.add_parser("submit", help=f"run the {contract.TEMPLATE_NAME} WorkflowTemplate in a cluster")
     submit.add_argument(
         "--model-version", required=True, help=f"candidate to train and propose ({', '.join(candidates)})"
     )
     submit.add_argument("--follow", action="store_true", help="stream step status and logs until the workflow ends")
     submit.add_argument(
-        "--namespace", default=pipeline.NAMESPACE, help="where the template lives (default: %(default)s)"
+        "--namespace", default=contract.DEFAULT_NAMESPACE, help="where the template lives (default: %(default)s)"
     )
     submit.add_argument("--revision", help="git revision to build and propose against (default: the template's)")
-    submit.add_argument(
-        "--propose", choices=("pull-request", "commit"), help="how to propose (default: the template's)"
-    )
+    submit.add_argument("--propose", choices=contract.PROPOSE_MODES, help="how to propose (default: the template's)")
     _kube_flags(submit)
     submit.set_defaults(handler=run_submit)
 
@@ -77,7 +74,7 @@ def register(commands: Any, bench: Any) -> None:
     propose.add_argument("--stack", required=True, help="stack whose config file to change")
     propose.add_argument("--model-version", required=True, help="model.candidateVersion to set (e.g. v2)")
     propose.add_argument("--model-uri", required=True, help="model.candidateUri to set (e.g. models:/fraud-detector/7)")
-    propose.add_argument("--mode", choices=("pull-request", "commit"), default="pull-request")
+    propose.add_argument("--mode", choices=contract.PROPOSE_MODES, default="pull-request")
     propose.add_argument("--repo", required=True, help="git URL (or path) of the repository to change")
     propose.add_argument("--base", default="main", help="branch to change or to open the pull request against")
     propose.add_argument("--github-api", help="GitHub REST API URL (pull-request mode), e.g. https://api.github.com")
@@ -116,42 +113,52 @@ def register(commands: Any, bench: Any) -> None:
 # pipeline submit
 
 
+def _connect(kubeconfig: str | None, context: str | None, *, allow_in_cluster: bool = True) -> Cluster:
+    from ops.cluster import ClusterConfigError, connect
+
+    try:
+        return connect(kubeconfig, context, allow_in_cluster=allow_in_cluster)
+    except ClusterConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def run_submit(args: argparse.Namespace) -> int:
     from ops import workflow_run
-    from ops.kube import KubeClient, KubeConfigError, KubeError, load_credentials
+    from ops.cluster import ClusterError
 
-    _, candidates = pipeline.baseline_and_candidates()
+    _, candidates = contract.baseline_and_candidates()
     if args.model_version not in candidates:
-        raise _usage(
+        raise UsageError(
             f"--model-version {args.model_version!r}: allowed {', '.join(candidates)} "
             "(the baseline is trained by the pipeline itself, not as a candidate)"
         )
     parameters = {k: v for k, v in (("revision", args.revision), ("propose", args.propose)) if v}
-    try:
-        creds = load_credentials(args.kubeconfig, args.context, allow_in_cluster=True)
-    except KubeConfigError as exc:
-        raise _usage(str(exc)) from exc
-    with KubeClient(creds) as client:
+    with _connect(args.kubeconfig, args.context) as cluster:
         try:
-            created = workflow_run.submit(client, args.namespace, args.model_version, parameters)
-        except KubeError as exc:
-            _say(f"pipeline submit: {exc}")
-            return 1
+            created = workflow_run.submit(cluster, args.namespace, args.model_version, parameters)
+        except ClusterError as exc:
+            # Nothing was submitted: credentials, reachability or a missing Argo are the user's to fix.
+            raise UsageError(str(exc)) from exc
         name = created["metadata"]["name"]
-        _say(
-            f"submitted workflow {args.namespace}/{name} ({pipeline.TEMPLATE_NAME}, model {args.model_version}) "
-            f"on {creds.context}"
+        log.info(
+            "submitted workflow %s/%s (%s, model %s) on %s",
+            args.namespace,
+            name,
+            contract.TEMPLATE_NAME,
+            args.model_version,
+            cluster.context,
         )
         if not args.follow:
             print(name)
             return 0
         try:
-            final = workflow_run.follow(client, args.namespace, created)
-        except KubeError as exc:
-            _say(f"pipeline submit: lost the workflow: {exc}")
+            final = workflow_run.follow(cluster, args.namespace, created)
+        except ClusterError as exc:
+            log.error("pipeline submit: lost workflow %s/%s: %s", args.namespace, name, exc)
             return 1
-    _say(workflow_run.summary(final))
-    return 0 if (final.get("status") or {}).get("phase") == "Succeeded" else 1
+    finished = (final.get("status") or {}).get("phase") == "Succeeded"
+    (log.info if finished else log.error)("%s", workflow_run.summary(final))
+    return 0 if finished else 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,9 +167,10 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def run_fetch_data(args: argparse.Namespace) -> int:
     from model.data import DatasetError, cached_dataset_path, ensure_dataset
-    from model.progress import stderr_report
 
-    report = stderr_report("fetch-data")
+    def report(message: str) -> None:
+        log.info("fetch-data: %s", message)
+
     if not args.bucket:
         path = ensure_dataset(report=report)
         print(json.dumps({"dataset": str(path), "source": "canonical"}))
@@ -180,13 +188,13 @@ def run_fetch_data(args: argparse.Namespace) -> int:
         try:
             s3.download_file(args.bucket, args.key, str(local))
         except (BotoCoreError, ClientError) as exc:
-            _say(f"pipeline fetch-data: s3://{args.bucket}/{args.key}: {exc}")
+            log.error("pipeline fetch-data: s3://%s/%s: %s", args.bucket, args.key, exc)
             return 1
         try:
             # Verified against the canonical sha256 before it replaces the cache.
             path = ensure_dataset(local, report=report)
         except DatasetError as exc:
-            raise _usage(str(exc)) from exc
+            raise UsageError(str(exc)) from exc
     print(json.dumps({"dataset": str(path), "source": f"s3://{args.bucket}/{args.key}"}))
     return 0
 
@@ -220,22 +228,29 @@ def run_register_challenger(args: argparse.Namespace) -> int:
     try:
         client, _ = connect()
     except RegistryError as exc:
-        _say(f"pipeline register-challenger: {exc}")
+        log.error("pipeline register-challenger: %s", exc)
         return 1
     version = aliases(client).get(CHALLENGER)
     if version is None:
-        _say(f"pipeline register-challenger: no {CHALLENGER} alias on {REGISTERED_MODEL_NAME}; the gate did not pass")
+        log.error(
+            "pipeline register-challenger: no %s alias on %s; the gate did not pass", CHALLENGER, REGISTERED_MODEL_NAME
+        )
         return 1
     details = client.get_model_version(REGISTERED_MODEL_NAME, version)
     tags = details.tags or {}
     if tags.get(TAG_MODEL_VERSION) != args.model_version:
-        _say(
-            f"pipeline register-challenger: {CHALLENGER} is version {version} "
-            f"({tags.get(TAG_MODEL_VERSION, 'untagged')}), not a {args.model_version}"
+        log.error(
+            "pipeline register-challenger: %s is version %s (%s), not a %s",
+            CHALLENGER,
+            version,
+            tags.get(TAG_MODEL_VERSION, "untagged"),
+            args.model_version,
         )
         return 1
     if tags.get(TAG_GATE) != "passed":
-        _say(f"pipeline register-challenger: version {version} has {TAG_GATE}={tags.get(TAG_GATE)!r}, not 'passed'")
+        log.error(
+            "pipeline register-challenger: version %s has %s=%r, not 'passed'", version, TAG_GATE, tags.get(TAG_GATE)
+        )
         return 1
     set_alias(client, CHALLENGER, version)  # idempotent: the gate set it; this pins what is proposed
     for key, value in (("fraud.workflow", args.workflow), ("fraud.source_revision", args.revision)):
@@ -259,7 +274,7 @@ def run_propose(args: argparse.Namespace) -> int:
         try:
             gate = json.loads(args.gate_report.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise _usage(f"--gate-report {args.gate_report}: cannot be read as JSON ({exc})") from exc
+            raise UsageError(f"--gate-report {args.gate_report}: cannot be read as JSON ({exc})") from exc
     try:
         image = image_from_build_metadata(args.build_metadata)
         proposal = propose(
@@ -279,14 +294,16 @@ def run_propose(args: argparse.Namespace) -> int:
             branch=args.branch,
         )
     except ProposeError as exc:
-        _say(f"propose-version: {exc}")
+        log.error("propose-version: %s", exc)
         return 1
     if proposal.changed:
-        _say(f"propose-version: {'pull request' if args.mode == 'pull-request' else 'commit'} {proposal.url}")
+        log.info("propose-version: %s %s", "pull request" if args.mode == "pull-request" else "commit", proposal.url)
     else:
-        _say(
-            f"propose-version: Pulumi.{args.stack}.yaml already has {args.model_version} ({args.model_uri}); "
-            "nothing to do"
+        log.info(
+            "propose-version: Pulumi.%s.yaml already has %s (%s); nothing to do",
+            args.stack,
+            args.model_version,
+            args.model_uri,
         )
     _write_outputs(args.outputs, {"proposal-url": proposal.url})
     print(json.dumps(proposal.to_json()))
@@ -297,40 +314,45 @@ def run_propose(args: argparse.Namespace) -> int:
 # wave-gate
 
 
-def _wave_gate(args: argparse.Namespace) -> Any:
-    from ops.kube import KubeClient, KubeConfigError, load_credentials
+def _wave_gate(args: argparse.Namespace) -> WaveGate:
     from ops.wave_gate import ClusterReader, WaveGate
 
     if not args.upstream:
-        raise _usage("--upstream: give at least one upstream region context")
-    try:
-        local = KubeClient(load_credentials(args.local_kubeconfig, args.local_context, allow_in_cluster=True))
-        upstream = {
-            context: KubeClient(load_credentials(args.kubeconfig, context, allow_in_cluster=False))
-            for context in args.upstream
-        }
-    except KubeConfigError as exc:
-        raise _usage(str(exc)) from exc
-    reader = lambda client: ClusterReader(client, args.strategy, args.namespace, args.name)  # noqa: E731
+        raise UsageError("--upstream: give at least one upstream region context")
+    local = _connect(args.local_kubeconfig, args.local_context, allow_in_cluster=True)
+    upstream = {context: _connect(args.kubeconfig, context, allow_in_cluster=False) for context in args.upstream}
+
+    def reader(cluster: Cluster) -> ClusterReader:
+        return ClusterReader(cluster, args.strategy, args.namespace, args.name)
+
     return WaveGate(
         reader(local), {name: reader(c) for name, c in upstream.items()}, getattr(args, "cache_seconds", 0.0)
     )
 
 
 def run_wave_gate_check(args: argparse.Namespace) -> int:
-    decision = _wave_gate(args).decide()
+    gate = _wave_gate(args)
+    try:
+        decision = gate.decide()
+    finally:
+        gate.close()
     print(json.dumps(decision.to_json(), indent=2))
     return 0 if decision.ready else 1
 
 
 def run_wave_gate_serve(args: argparse.Namespace) -> int:
-    from ops.wave_gate import serve
+    from ops.wave_gate import listen, serve
 
     gate = _wave_gate(args)
-    server = serve(gate, args.host, args.port, log=_say)
-    _say(f"wave-gate: serving on {args.host}:{server.server_address[1]} (upstream: {', '.join(args.upstream)})")
     try:
-        server.serve_forever()
+        try:
+            sock = listen(args.host, args.port)
+        except OSError as exc:
+            message = f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc})"
+            raise UsageError(message) from exc
+        host, port = sock.getsockname()[:2]
+        log.info("wave-gate: serving on %s:%s (upstream: %s)", host, port, ", ".join(args.upstream))
+        serve(gate, sock)
     finally:
-        server.server_close()
+        gate.close()
     return 0

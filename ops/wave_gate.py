@@ -9,16 +9,32 @@ template on that version. Anything unreadable holds the rollout (fails closed). 
 ``confirm-rollout`` webhook (``POST /gate``: 200 lets the canary start, anything else holds it);
 Argo Rollouts reads ``GET /status`` as a web metric (``result.ready == true``). What the stack declares
 for it (identities, Deployment, webhook) is infra/waves.py.
+
+Served as an ASGI app (starlette) by uvicorn; SIGTERM (a pod being stopped) finishes the requests in flight,
+then exits 0.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ops.cluster import CANARIES, ROLLOUTS, Cluster, ClusterError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+log = logging.getLogger(__name__)
 
 GATE_PORT = 8080
 # The fraud service's names (infra/service): what is rolled out and where.
@@ -109,36 +125,27 @@ def decide(version: str | None, upstream: Sequence[RegionState]) -> GateDecision
 
 @dataclass
 class ClusterReader:
-    """Reads rollout objects through one cluster's API (a KubeClient)."""
+    """Reads rollout objects through one cluster's API."""
 
-    client: Any
+    cluster: Cluster
     strategy: str
     namespace: str = TARGET_NAMESPACE
     name: str = TARGET_NAME
 
-    def _path(self, kind: str, name: str) -> str:
-        ns = self.namespace
-        return {
-            "canary": f"/apis/flagger.app/v1beta1/namespaces/{ns}/canaries/{name}",
-            "rollout": f"/apis/argoproj.io/v1alpha1/namespaces/{ns}/rollouts/{name}",
-            "deployment": f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-        }[kind]
-
     def target_version(self) -> str | None:
         """The version this cluster is rolling out (its target's template)."""
-        kind = "deployment" if self.strategy == "canary" else "rollout"
-        return _template_version(self.client.get(self._path(kind, self.name)))
+        if self.strategy == "canary":
+            return _template_version(self.cluster.get_deployment(self.namespace, self.name))
+        return _template_version(self.cluster.get_custom(ROLLOUTS, self.namespace, self.name))
 
     def state(self, region: str) -> RegionState:
-        from ops.kube import KubeError
-
         try:
             if self.strategy == "canary":
-                canary = self.client.get(self._path("canary", self.name))
-                primary = self.client.get(self._path("deployment", f"{self.name}-primary"))
+                canary = self.cluster.get_custom(CANARIES, self.namespace, self.name)
+                primary = self.cluster.get_deployment(self.namespace, f"{self.name}-primary")
                 return canary_state(region, canary, primary)
-            return rollout_state(region, self.client.get(self._path("rollout", self.name)))
-        except KubeError as exc:
+            return rollout_state(region, self.cluster.get_custom(ROLLOUTS, self.namespace, self.name))
+        except ClusterError as exc:
             return RegionState(region, None, "Unknown", f"cannot read rollout state ({exc})")
 
 
@@ -153,65 +160,123 @@ class WaveGate:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def decide(self) -> GateDecision:
-        from ops.kube import KubeError
-
         with self._lock:
             now = time.monotonic()
             if self._cached and now - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
             try:
                 version = self.local.target_version()
-            except KubeError as exc:
+            except ClusterError as exc:
                 decision = GateDecision(False, None, (), f"cannot read this region's target ({exc})")
             else:
                 decision = decide(version, [reader.state(region) for region, reader in self.upstream.items()])
             self._cached = (now, decision)
             return decision
 
+    def close(self) -> None:
+        for reader in (self.local, *self.upstream.values()):
+            reader.cluster.close()
 
-def serve(gate: WaveGate, host: str, port: int, *, log: Any = None) -> Any:
-    """An HTTP server for the gate (call ``serve_forever`` on the result)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fraud-wave-gate"
+# ---------------------------------------------------------------------------------------------------
+# Serving it
 
-        def _send(self, status: int, payload: Mapping[str, Any]) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._send(200, {"ok": True})
-            elif self.path.split("?")[0] == "/status":
-                # Always 200 with the decision: Argo Rollouts' web metric evaluates `result.ready`.
-                self._send(200, gate.decide().to_json())
-            else:
-                self._send(404, {"error": f"no such path {self.path}; use POST /gate, GET /status or /healthz"})
+def create_app(gate: WaveGate) -> Starlette:
+    """``POST /gate`` (Flagger confirm-rollout: 200 ready, 403 held), ``GET /status`` (always 200, the
+    decision as JSON for Argo Rollouts' web metric), ``GET /healthz``; anything else is a JSON error."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
-        def do_POST(self) -> None:
-            if self.path.split("?")[0] != "/gate":
-                self._send(404, {"error": f"no such path {self.path}; use POST /gate"})
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            payload = self.rfile.read(length) if length else b""
-            try:
-                hook = json.loads(payload or b"{}")
-            except json.JSONDecodeError:
-                self._send(400, {"error": "body must be Flagger's webhook JSON"})
-                return
-            decision = gate.decide()
-            if log:
-                who = f"{hook.get('namespace', '?')}/{hook.get('name', '?')}" if isinstance(hook, dict) else "?"
-                log(f"gate for {who}: {'open' if decision.ready else 'closed'}: {decision.reason}")
-            # Flagger's confirm-rollout: any non-2xx answer holds the canary until the next interval.
-            self._send(200 if decision.ready else 403, decision.to_json())
+    async def confirm(request: Request) -> Response:
+        body = await request.body()
+        try:
+            hook = json.loads(body)
+        except ValueError:
+            hook = None
+        if not isinstance(hook, dict):
+            return JSONResponse(
+                {"error": "the body must be Flagger's webhook JSON object (name, namespace, phase, metadata)"}, 400
+            )
+        decision = await run_in_threadpool(gate.decide)  # reads clusters: blocking calls off the event loop
+        log.info(
+            "gate for %s/%s: %s: %s",
+            hook.get("namespace", "?"),
+            hook.get("name", "?"),
+            "open" if decision.ready else "held",
+            decision.reason,
+        )
+        # Flagger's confirm-rollout: any non-2xx answer holds the canary until its next interval.
+        return JSONResponse(decision.to_json(), 200 if decision.ready else 403)
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            return
+    async def status(request: Request) -> Response:
+        # Always 200 with the decision: Argo Rollouts' web metric evaluates `result.ready`.
+        return JSONResponse((await run_in_threadpool(gate.decide)).to_json())
 
-    return ThreadingHTTPServer((host, port), Handler)
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        hint = "use POST /gate, GET /status or GET /healthz"
+        return JSONResponse({"error": f"{request.method} {request.url.path}: HTTP {code}; {hint}"}, code)
+
+    return Starlette(
+        routes=[
+            Route("/gate", confirm, methods=["POST"]),
+            Route("/status", status, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived; uvicorn has finished the requests in flight."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port); OSError when the address cannot be used."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(gate: WaveGate, sock: socket.socket, *, graceful_seconds: int = 10) -> None:
+    """Serve the gate on ``sock`` until SIGTERM or SIGINT (KeyboardInterrupt), finishing requests in flight.
+
+    uvicorn handles both signals itself, shuts down gracefully, then raises the signal again against the
+    handler that was installed before it (uvicorn/server.py ``capture_signals``): for SIGTERM that is ours,
+    which turns it into a clean return instead of the default handler's kill.
+    """
+    import uvicorn
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    config = uvicorn.Config(
+        create_app(gate),
+        log_config=None,  # fraudctl's logging setup applies
+        access_log=False,  # every decision is logged by the app itself
+        lifespan="off",
+        timeout_graceful_shutdown=graceful_seconds,
+    )
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+    previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except _Terminated:
+        log.info("wave-gate: stopped (SIGTERM)")
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        sock.close()

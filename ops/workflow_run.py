@@ -3,20 +3,24 @@
 Talks to the Kubernetes API only (no ``argo`` CLI, no Argo server): creates a ``Workflow`` with a
 ``workflowTemplateRef``, watches it, and follows the log of each step's pod as the step starts. Pod
 names are derived from the workflow's node status exactly as Argo's controller names pods.
+
+Step transitions are progress (logging, stderr); the steps' own log lines are the command's output (stdout).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from infra import pipeline
-from ops.kube import KubeClient, KubeError
+from ops.cluster import WORKFLOWS, Cluster, ClusterError
+from ops.pipeline_contract import submission
 
-WORKFLOW_GROUP = "/apis/argoproj.io/v1alpha1"
+log = logging.getLogger(__name__)
+
 FINISHED_PHASES = ("Succeeded", "Failed", "Error")
 POD_NAME_ANNOTATION = "workflows.argoproj.io/pod-name-format"
 _MAX_PREFIX = 253 - 10 - 1  # Argo: max resource name length, minus the hash and its dash
@@ -33,50 +37,46 @@ def fnv32a(text: str) -> int:
 def pod_name(workflow: Mapping[str, Any], node: Mapping[str, Any]) -> str:
     """The pod Argo created for a Pod node (workflow/util/pod_name.go: v2 names unless annotated v1)."""
     metadata = workflow.get("metadata") or {}
-    workflow_name = metadata.get("name", "")
+    workflow_name = str(metadata.get("name", ""))
     version = (metadata.get("annotations") or {}).get(POD_NAME_ANNOTATION, "v2")
     template = node.get("templateName") or (node.get("templateRef") or {}).get("template") or ""
     if version == "v1" or not template:
         return str(node["id"])
-    node_name = node.get("name", "")
+    node_name = str(node.get("name", ""))
     if node_name == workflow_name:
         return workflow_name
     prefix = workflow_name if ".inline" in node_name else f"{workflow_name}-{template}"
     return f"{prefix[:_MAX_PREFIX]}-{fnv32a(node_name)}"
 
 
-def workflows_path(namespace: str) -> str:
-    return f"{WORKFLOW_GROUP}/namespaces/{namespace}/workflows"
-
-
-def submit(client: KubeClient, namespace: str, model_version: str, parameters: Mapping[str, str]) -> dict[str, Any]:
-    body = pipeline.submission(model_version, namespace=namespace, parameters=parameters)
-    return client.create(workflows_path(namespace), body)
+def submit(cluster: Cluster, namespace: str, model_version: str, parameters: Mapping[str, str]) -> dict[str, Any]:
+    """Create a run of the template; the created Workflow (with its generated name)."""
+    body = submission(model_version, namespace=namespace, parameters=parameters)
+    return cluster.create_custom(WORKFLOWS, namespace, body)
 
 
 @dataclass
 class Follower:
-    """Prints step transitions (to ``status``) and step logs (to ``logs``) of one workflow."""
+    """Logs step transitions and prints step logs (to ``logs``) of one workflow."""
 
-    client: KubeClient
+    cluster: Cluster
     namespace: str
     logs: TextIO = field(default_factory=lambda: sys.stdout)
-    status: TextIO = field(default_factory=lambda: sys.stderr)
     log_timeout: float = 30.0
     _phases: dict[str, str] = field(default_factory=dict)
     _threads: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _say(self, stream: TextIO, text: str) -> None:
+    def _print(self, text: str) -> None:
         with self._lock:
-            print(text, file=stream, flush=True)
+            print(text, file=self.logs, flush=True)
 
     def _stream_log(self, step: str, pod: str) -> None:
         try:
-            for line in self.client.follow_log(self.namespace, pod):
-                self._say(self.logs, f"{step} | {line}")
-        except KubeError as exc:
-            self._say(self.status, f"{step}: no log from pod {pod} ({exc})")
+            for line in self.cluster.follow_log(self.namespace, pod):
+                self._print(f"{step} | {line}")
+        except ClusterError as exc:
+            log.warning("%s: no log from pod %s (%s)", step, pod, exc)
 
     def on_workflow(self, workflow: Mapping[str, Any]) -> str:
         """Report what changed; return the workflow phase."""
@@ -86,12 +86,12 @@ class Follower:
             key=lambda n: (n.get("startedAt") or "", n.get("id", "")),
         )
         for node in nodes:
-            step = node.get("displayName") or node.get("name", "?")
-            phase = node.get("phase", "Pending")
+            step = str(node.get("displayName") or node.get("name", "?"))
+            phase = str(node.get("phase", "Pending"))
             if self._phases.get(node["id"]) != phase:
                 self._phases[node["id"]] = phase
                 message = f" ({node['message']})" if node.get("message") else ""
-                self._say(self.status, f"step {step}: {phase}{message}")
+                log.info("step %s: %s%s", step, phase, message)
             if node["id"] not in self._threads and phase in ("Running", *FINISHED_PHASES):
                 # A pod that never started (e.g. image pull failure) has no log; its message says why.
                 if phase in FINISHED_PHASES and not node.get("startedAt"):
@@ -109,31 +109,29 @@ class Follower:
 
 
 def follow(
-    client: KubeClient,
+    cluster: Cluster,
     namespace: str,
     workflow: Mapping[str, Any],
     *,
     logs: TextIO | None = None,
-    status: TextIO | None = None,
     on_event: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Watch the workflow until it finishes; return its last state."""
-    follower = Follower(client, namespace, logs=logs or sys.stdout, status=status or sys.stderr)
-    name = workflow["metadata"]["name"]
+    """Watch the workflow until it finishes; return its last state. Raises ClusterError when it is lost."""
+    follower = Follower(cluster, namespace, logs=logs or sys.stdout)
+    name = str(workflow["metadata"]["name"])
     last: dict[str, Any] = dict(workflow)
     phase = follower.on_workflow(last)
     if phase not in FINISHED_PHASES:
         version = workflow["metadata"].get("resourceVersion")
-        for event in client.watch_object(workflows_path(namespace), name, resource_version=version):
-            if event.get("type") == "DELETED":
-                follower.finish()
-                raise KubeError(f"workflow {namespace}/{name} was deleted while it ran")
-            last = event["object"]
+        for kind, obj in cluster.watch_custom(WORKFLOWS, namespace, name, resource_version=version):
+            if kind == "DELETED":
+                raise ClusterError(f"workflow {namespace}/{name} was deleted while it ran")
+            last = obj
             if on_event:
                 on_event(last)
-            phase = follower.on_workflow(last)
-            if phase in FINISHED_PHASES:
+            if follower.on_workflow(last) in FINISHED_PHASES:
                 break
+    # The steps' pods have ended: their log streams end too (bounded wait). A lost workflow does not wait.
     follower.finish()
     return last
 

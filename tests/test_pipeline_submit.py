@@ -1,7 +1,10 @@
-"""``fraudctl pipeline submit [--follow]`` against a fake Kubernetes API server that plays Argo's controller."""
+"""``fraudctl pipeline submit [--follow]`` against a fake Kubernetes API server (HTTPS, its own CA) that plays
+Argo's controller, through the official kubernetes client: token and exec-plugin credentials, kubeconfig
+merging, the in-cluster service account, and every way of failing as one line."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import threading
@@ -9,15 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
-from fake_kube import FakeKube, argo_pod_name, fnv1a_32
+import yaml
+from fake_kube import FakeKube, argo_pod_name, fnv1a_32, tls_files
 
 from fraudctl.cli import main
-from infra import pipeline
-from ops import workflow_run
+from infra import charts, pipeline
+from ops import cluster, pipeline_contract, workflow_run
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = "/apis/argoproj.io/v1alpha1/namespaces/argo/workflows"
+WORKFLOWS = cluster.WORKFLOWS.path("argo")
+assert WORKFLOWS == "/apis/argoproj.io/v1alpha1/namespaces/argo/workflows"
 
 
 def play_controller(kube: FakeKube, *, fail_at: str | None = None, lines: int = 3, pending_only: str | None = None):
@@ -164,12 +170,136 @@ def test_bad_input_is_a_usage_error(kube: FakeKube, tmp_path: Path, capsys: pyte
     assert not kube.recorded("POST")
 
 
-def test_rejected_credentials_exit_1_with_a_hint(kube: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rejected_credentials_are_one_line_with_a_hint(kube: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
     # The kubeconfig's current-context is elsewhere; this one points here with a wrong token.
     kube.token = "rotated"
-    assert submit(kube, "--model-version", "v2") == 1
+    assert submit(kube, "--model-version", "v2") == 2
     err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
     assert "HTTP 401" in err and "check the credentials of context 'fake'" in err
+
+
+def test_an_unreachable_or_untrusted_api_server_is_one_line(
+    kube: FakeKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The current-context points at a closed port.
+    code = main(["pipeline", "submit", "--model-version", "v2", "--kubeconfig", str(kube.kubeconfig)])  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "cannot reach the API server http://127.0.0.1:9 ([Errno 111] Connection refused)" in err
+    # A server whose certificate the kubeconfig's CA did not sign (public CAs instead of the fake's own).
+    config = yaml.safe_load(kube.kubeconfig.read_text())  # type: ignore[attr-defined]
+    public_cas = base64.b64encode(Path(certifi.where()).read_bytes()).decode()
+    config["clusters"][0]["cluster"]["certificate-authority-data"] = public_cas
+    untrusted = tmp_path / "untrusted"
+    untrusted.write_text(yaml.safe_dump(config))
+    code = main(["pipeline", "submit", "--model-version", "v2", "--kubeconfig", str(untrusted), "--context", "fake"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "CERTIFICATE_VERIFY_FAILED" in err
+    assert not kube.recorded("POST")
+
+
+def test_an_argo_less_cluster_is_named(kube: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
+    kube.missing_collections.add(WORKFLOWS)
+    assert submit(kube, "--model-version", "v2") == 2
+    assert "HTTP 404" in (err := capsys.readouterr().err) and "is Argo Workflows installed in this cluster?" in err
+
+
+def test_exec_plugin_credentials_are_run_and_refreshed(
+    kube: FakeKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EKS/GKE/AKS kubeconfigs: a credential plugin process prints the token; an expired one is run again."""
+    config = kube.write_kubeconfig(tmp_path / "exec", auth="exec", token_expires="2000-01-01T00:00:00Z", extra=False)
+    assert main(["pipeline", "submit", "--model-version", "v2", "--kubeconfig", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("fraud-model-training-")
+    # The cloud rotates the credential: the plugin now prints the new token, which the server wants.
+    kube.token = "rotated"
+    (tmp_path / "exec.token").write_text("rotated")
+    assert main(["pipeline", "submit", "--model-version", "v2", "--kubeconfig", str(config)]) == 0
+    assert [r.headers["Authorization"] for r in kube.recorded("POST")] == ["Bearer fake-token", "Bearer rotated"]
+    capsys.readouterr()
+    # A plugin that fails (an expired login): one line with its own message; nothing is sent.
+    (tmp_path / "exec.token").write_text("")
+    assert main(["pipeline", "submit", "--model-version", "v2", "--kubeconfig", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "context 'fake' has no credentials" in err, err
+    assert "exec: process returned 1. fake-plugin: no token (the login expired)" in err
+    assert len(kube.recorded("POST")) == 2
+
+
+def test_kubeconfig_files_merge_and_the_pods_service_account_works(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # $KUBECONFIG lists several files, merged like kubectl: the first file's current-context wins.
+    first = kube.write_kubeconfig(tmp_path / "first", context="here", namespace="argo", extra=False)
+    second = tmp_path / "second"
+    second.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "x"}))
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}:{tmp_path / 'absent'}")
+    assert main(["pipeline", "submit", "--model-version", "v2"]) == 0
+    assert "on here" in capsys.readouterr().err
+
+    # In a pod: no kubeconfig, the service account's token, CA and namespace.
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(kube.token)
+    (account / "ca.crt").write_bytes(tls_files()[0])
+    (account / "namespace").write_text("argo\n")
+    monkeypatch.setattr(cluster, "SERVICE_ACCOUNT_DIR", account)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", kube.url.rsplit(":", 1)[1])
+    assert main(["pipeline", "submit", "--model-version", "v2"]) == 0
+    assert "on in-cluster" in capsys.readouterr().err
+    assert kube.recorded("POST")[-1].headers["Authorization"].lower() == f"bearer {kube.token}"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    assert main(["pipeline", "submit", "--model-version", "v2"]) == 2
+    assert "no kubeconfig found" in capsys.readouterr().err
+
+
+def test_bad_kubeconfigs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = {
+        "broken": ("clusters: [", "cannot be read"),
+        "a-list": ("- a\n- b\n", "not a kubeconfig"),
+        "no-current": (
+            yaml.safe_dump({"contexts": [{"name": "a", "context": {"cluster": "a"}}]}),
+            "no current-context",
+        ),
+        "no-cluster": (
+            yaml.safe_dump({"current-context": "a", "contexts": [{"name": "a", "context": {"cluster": "gone"}}]}),
+            "context 'a' cannot be used",
+        ),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["pipeline", "submit", "--model-version", "v2", "--kubeconfig", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (name, err)
+
+
+def test_quiet_and_verbose_set_how_much_progress_shows(kube: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
+    config = ["--kubeconfig", str(kube.kubeconfig), "--context", "fake"]  # type: ignore[attr-defined]
+    assert main(["pipeline", "submit", "--model-version", "v2", *config]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("submitted workflow argo/fraud-model-training-") and err.endswith(" on fake\n")
+    assert main(["--quiet", "pipeline", "submit", "--model-version", "v2", *config]) == 0
+    quiet_out, quiet_err = capsys.readouterr()
+    assert quiet_err == "" and quiet_out.startswith("fraud-model-training-")  # results stay on stdout
+    assert main(["--verbose", "pipeline", "submit", "--model-version", "v2", *config]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any(" INFO ops.cli: submitted workflow argo/" in line for line in lines), lines
+    # Errors show whatever the flags; bad ones are usage errors.
+    assert main(["--quiet", "pipeline", "submit", "--model-version", "v1", *config]) == 2
+    assert "allowed v2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--quiet", "--verbose", "pipeline", "submit", "--model-version", "v2", *config])
+
+
+def test_the_submission_contract_matches_the_declared_template() -> None:
+    assert pipeline_contract.DEFAULT_NAMESPACE == pipeline.NAMESPACE == charts.NAMESPACES["argoWorkflows"]
+    assert pipeline.TEMPLATE_NAME is pipeline_contract.TEMPLATE_NAME
+    with pytest.raises(ValueError, match="unknown workflow parameter"):
+        pipeline_contract.submission("v2", parameters={"bogus": "x"})
 
 
 def test_pod_names_follow_argos_scheme() -> None:
@@ -189,12 +319,15 @@ def test_pod_names_follow_argos_scheme() -> None:
     assert len(workflow_run.pod_name(long, node).rsplit("-", 1)[0]) == 242
 
 
-def test_cli_entry_point_runs_as_a_process(kube: FakeKube) -> None:
+def test_the_fraudctl_command_runs_as_a_process(kube: FakeKube) -> None:
+    """The installed console script, as the pipeline's pods and users run it; --quiet leaves only results."""
     play_controller(kube, lines=1)
+    fraudctl = Path(sys.executable).parent / "fraudctl"
     proc = subprocess.run(
-        [sys.executable, "-m", "fraudctl.cli", "pipeline", "submit", "--model-version", "v2", "--follow",
+        [str(fraudctl), "--quiet", "pipeline", "submit", "--model-version", "v2", "--follow",
          "--kubeconfig", str(kube.kubeconfig), "--context", "fake"],  # type: ignore[attr-defined]
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "propose | propose line 0" in proc.stdout
+    assert proc.stderr == ""

@@ -144,9 +144,10 @@ def test_merges_to_main_run_pulumi_up_and_commit_gitops_manifests() -> None:
     assert doc["on"]["push"]["branches"] == ["main"]
     up = pulumi_step(doc, "up")
     assert up["command"] == "up" and up["policyPacks"] == "policy"
-    assert doc["jobs"]["up"]["strategy"]["max-parallel"] == 1
-    commit = next(s for s in doc["jobs"]["up"]["steps"] if "gitops/" in s.get("run", ""))
-    assert "git push origin HEAD:main" in commit["run"] and "[skip ci]" in commit["run"]
+    strategy = doc["jobs"]["up"]["strategy"]
+    # One stack at a time, and one stack's failure never cancels another's deploy.
+    assert strategy["max-parallel"] == 1 and strategy["fail-fast"] is False
+    assert "[skip ci]" in gitops_step()["run"]
 
 
 def test_the_scheduled_drift_check_fails_loudly() -> None:
@@ -156,3 +157,113 @@ def test_the_scheduled_drift_check_fails_loudly() -> None:
     assert check["command"] == "preview" and check["expect-no-changes"] is True and check["refresh"] is True
     alarm = next(s for s in doc["jobs"]["drift"]["steps"] if s.get("if") == "failure()")
     assert "gh issue create" in alarm["run"] and doc["permissions"]["issues"] == "write"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The deploy workflow's gitops commit step, run for real: a bare remote, checkouts as actions/checkout makes
+# them (shallow, at the merged commit), the step's shell and env as the runner gives them.
+
+EXPRESSION_VALUE = re.compile(r"\$\{\{\s*([\w.]+)\s*\}\}")
+
+
+def gitops_step() -> dict[str, Any]:
+    (step,) = [s for s in workflow("deploy")["jobs"]["up"]["steps"] if "gitops/" in s.get("run", "")]
+    return step
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> tuple[Path, str]:
+    """A bare repository with one commit on main (the merge that triggered the deploy) and its sha."""
+    bare = tmp_path / "remote.git"
+    git("init", "--quiet", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "Pulumi.yaml").write_text("name: fraud-platform\n")
+    git("init", "--quiet", "-b", "main", cwd=seed)
+    git("add", ".", cwd=seed)
+    git("commit", "--quiet", "-m", "merge", cwd=seed)
+    git("push", "--quiet", bare.as_uri(), "main", cwd=seed)
+    return bare, git("rev-parse", "HEAD", cwd=seed)
+
+
+def checkout(remote: tuple[Path, str], where: Path) -> Path:
+    """What actions/checkout@v4 leaves: a depth-1 fetch of the event's sha on branch main, no git identity."""
+    bare, sha = remote
+    where.mkdir()
+    git("init", "--quiet", cwd=where)
+    git("remote", "add", "origin", bare.as_uri(), cwd=where)
+    git("fetch", "--quiet", "--depth=1", "origin", f"+{sha}:refs/remotes/origin/main", cwd=where)
+    git("checkout", "--quiet", "--force", "-B", "main", "refs/remotes/origin/main", cwd=where)
+    return where
+
+
+def run_gitops_step(workdir: Path, stack: str, sha: str, home: Path) -> subprocess.CompletedProcess[str]:
+    step = gitops_step()
+    values = {"matrix.stack": stack, "github.sha": sha}
+
+    def resolve(text: str) -> str:
+        return EXPRESSION_VALUE.sub(lambda m: values[m.group(1)], text)
+
+    # A runner's environment: no git identity beyond what the step sets itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1")
+    env.update({k: resolve(str(v)) for k, v in (step.get("env") or {}).items()})
+    # GitHub's `shell: bash` is `bash --noprofile --norc -eo pipefail {0}`; without `shell:` it is `bash -e {0}`.
+    shell = ["bash", "--noprofile", "--norc", "-eo", "pipefail"] if step.get("shell") == "bash" else ["bash", "-e"]
+    return subprocess.run([*shell, "-c", resolve(step["run"])], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def render(workdir: Path, stack: str, text: str) -> None:
+    """What `pulumi up` of an argocd stack leaves: manifests under gitops/<stack>/<region>."""
+    path = workdir / "gitops" / stack / "eu-west" / "1-manifest" / "apps_v1-deployment-fraud-detector.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_deploy_commits_gitops_only_when_a_stack_rendered_a_change(remote: tuple[Path, str], tmp_path: Path) -> None:
+    bare, sha = remote
+    work = checkout(remote, tmp_path / "work")
+    # delivery: pulumi renders no gitops/: nothing to commit, and the step succeeds.
+    proc = run_gitops_step(work, "dev", sha, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert git("rev-parse", "main", cwd=bare) == sha
+
+    render(work, "dev", "replicas: 2\n")
+    proc = run_gitops_step(work, "dev", sha, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    head = git("rev-parse", "main", cwd=bare)
+    assert git("rev-parse", "main~1", cwd=bare) == sha
+    assert git("log", "-1", "--format=%s", "main", cwd=bare) == f"gitops: manifests of stack dev at {sha} [skip ci]"
+    assert git("show", "main:gitops/dev/eu-west/1-manifest/apps_v1-deployment-fraud-detector.yaml", cwd=bare) == (
+        "replicas: 2"
+    )
+    # The same manifests again: no empty commit.
+    proc = run_gitops_step(work, "dev", sha, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert git("rev-parse", "main", cwd=bare) == head
+
+
+def test_two_argocd_stacks_of_one_merge_both_push(remote: tuple[Path, str], tmp_path: Path) -> None:
+    """Each stack's job checks out the merged commit; the second finds main moved by the first."""
+    bare, sha = remote
+    first, second = checkout(remote, tmp_path / "dev"), checkout(remote, tmp_path / "multiregion")
+    render(first, "dev", "dev\n")
+    render(second, "multiregion", "multiregion\n")
+    for work, stack in ((first, "dev"), (second, "multiregion")):
+        proc = run_gitops_step(work, stack, sha, tmp_path)
+        assert proc.returncode == 0, f"{stack}: {proc.stdout}{proc.stderr}"
+    log = git("log", "--format=%s", "main", cwd=bare).splitlines()
+    assert log == [
+        f"gitops: manifests of stack multiregion at {sha} [skip ci]",
+        f"gitops: manifests of stack dev at {sha} [skip ci]",
+        "merge",
+    ]
+    files = git("ls-tree", "-r", "--name-only", "main", cwd=bare).splitlines()
+    assert {f.split("/")[1] for f in files if f.startswith("gitops/")} == {"dev", "multiregion"}

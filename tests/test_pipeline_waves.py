@@ -4,6 +4,7 @@ through starlette's TestClient, and once as the real process (uvicorn on loopbac
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -145,6 +146,8 @@ HOOK = {"name": "fraud-detector", "namespace": NS, "phase": "Progressing", "meta
 def test_served_gate_answers_flagger_and_argo_rollouts(
     regions: tuple[FakeKube, FakeKube], served: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The gate logs each decision at INFO; capture it whatever level an earlier test left the logger at.
+    caplog.set_level(logging.INFO, logger="ops.wave_gate")
     local, upstream = regions
     local.put(DEPLOYMENT, workload("v2"))
     upstream.put(CANARY, canary("Progressing", promoted="h1"))

@@ -31,6 +31,18 @@ def register(commands: Any, bench: Any) -> None:
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Pulumi.<stack>.yaml files")
     check.set_defaults(handler=run_check_config)
 
+    charts = commands.add_parser("charts", help="the vendored Helm chart archives under charts/")
+    charts_commands = charts.add_subparsers(dest="charts_command", required=True, metavar="ACTION")
+    package = charts_commands.add_parser(
+        "package", help="package a chart folder into a reproducible charts/<chart>-<version>.tgz"
+    )
+    package.add_argument("chart_dir", type=Path, metavar="DIR", help="chart source folder (dependencies unpacked)")
+    package.add_argument("--out", type=Path, default=None, help="output folder (default: the project's charts/)")
+    package.add_argument(
+        "--stamp-version", default=None, metavar="VERSION", help="set Chart.yaml version and appVersion (istio)"
+    )
+    package.set_defaults(handler=run_charts_package)
+
 
 def _print_problems(error: ConfigError, where: str) -> None:
     print(f"{where}: invalid configuration", file=sys.stderr)
@@ -83,3 +95,15 @@ def run_check_config(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: ok")
     return 2 if failed else 0
+
+
+def run_charts_package(args: argparse.Namespace) -> int:
+    from infra.chart_archives import CHARTS_DIR, ChartSourceError, package_chart, sha256_file
+
+    try:
+        path = package_chart(args.chart_dir, args.out or CHARTS_DIR, stamp_version=args.stamp_version)
+    except (ChartSourceError, OSError) as error:
+        print(f"fraudctl charts package: {error}", file=sys.stderr)
+        return 2
+    print(f"{path}  sha256 {sha256_file(path)}  {path.stat().st_size} bytes")
+    return 0

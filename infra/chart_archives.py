@@ -49,6 +49,12 @@ def archive_path(chart: str, version: str, charts_dir: Path = CHARTS_DIR) -> Pat
     return charts_dir / archive_name(chart, version)
 
 
+def parse_archive_name(path: str) -> tuple[str, str] | None:
+    """(chart, version) of a path like ``./charts/flagger-1.40.0.tgz``; None for a chart name."""
+    match = _ARCHIVE_NAME.match(path.rsplit("/", 1)[-1])
+    return (match["chart"], match["version"]) if match and path.endswith(".tgz") else None
+
+
 def vendored_versions(chart: str, charts_dir: Path = CHARTS_DIR) -> list[str]:
     """Versions of ``chart`` with an archive in ``charts_dir``, sorted."""
     versions = []

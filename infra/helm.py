@@ -38,7 +38,7 @@ from infra import chart_archives
 # The Kubernetes release the platform targets (kubernetes_validate's built-in schemas use the same).
 KUBE_VERSION = "v1.31.0"
 _CACHE_ENV = "FRAUD_HELM_CACHE"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _HOOK = "helm.sh/hook"
 
 
@@ -73,6 +73,8 @@ class RenderedRelease:
     manifests: dict[str, str] = field(default_factory=dict)  # template path -> rendered text
     crd_files: dict[str, str] = field(default_factory=dict)  # crds/ file -> text
     api_versions: tuple[str, ...] = ()
+    # API versions (Helm capability strings) that the CRDs of this release add to the cluster.
+    provides: tuple[str, ...] = ()
     error: str | None = None
     _parsed: list[RenderedObject] | None = field(default=None, repr=False)
 
@@ -135,6 +137,13 @@ def render_archive(
     api_versions: Iterable[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(templates, crds/ files) of ``archive`` rendered with ``values``; cached. Raises HelmRenderError."""
+    manifests, crds, _provides = _render(archive, values, name, namespace, api_versions)
+    return manifests, crds
+
+
+def _render(
+    archive: Path, values: Mapping[str, Any], name: str, namespace: str, api_versions: Iterable[str]
+) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
     values_json = json.dumps(values, sort_keys=True)
     return _render_cached(
         str(archive), chart_archives.sha256_file(archive), values_json, name, namespace, tuple(sorted(api_versions))
@@ -144,17 +153,25 @@ def render_archive(
 @functools.lru_cache(maxsize=128)
 def _render_cached(
     archive: str, sha256: str, values_json: str, name: str, namespace: str, api_versions: tuple[str, ...]
-) -> tuple[dict[str, str], dict[str, str]]:
+) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
+    """Also returns the API versions the release's CRDs add, so a cached region render parses nothing."""
     key = json.dumps([_CACHE_FORMAT, sha256, values_json, name, namespace, api_versions, KUBE_VERSION])
     cache_file = _cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     try:
         cached = json.loads(cache_file.read_text())
-        return cached["manifests"], cached["crds"]
+        return cached["manifests"], cached["crds"], tuple(cached["provides"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     manifests, crds = _render_with_helm(Path(archive), values_json, name, namespace, api_versions)
-    _write_cache(cache_file, {"manifests": manifests, "crds": crds})
-    return manifests, crds
+    provides = crd_api_versions(
+        obj
+        for text in [*crds.values(), *manifests.values()]
+        if "CustomResourceDefinition" in text
+        for obj in parse_documents(text)
+        if obj.get("kind") == "CustomResourceDefinition"
+    )
+    _write_cache(cache_file, {"manifests": manifests, "crds": crds, "provides": sorted(provides)})
+    return manifests, crds, tuple(sorted(provides))
 
 
 def _render_with_helm(
@@ -284,12 +301,11 @@ def render_releases(
             available: set[str] = set()
             for dependency in _closure(name, waits_for):
                 if dependency in rendered:
-                    available |= crd_api_versions(rendered[dependency].crds())
+                    available |= set(rendered[dependency].provides)
             result.api_versions = tuple(sorted(available))
             try:
-                result.manifests, result.crd_files = render_archive(
-                    archive, release.get("values") or {}, name=name, namespace=result.namespace,
-                    api_versions=available,
+                result.manifests, result.crd_files, result.provides = _render(
+                    archive, release.get("values") or {}, name, result.namespace, available
                 )
             except HelmRenderError as error:
                 result.error = str(error)
@@ -306,3 +322,25 @@ def _closure(name: str, waits_for: Mapping[str, set[str]]) -> set[str]:
             seen.add(current)
             stack.extend(waits_for.get(current, ()))
     return seen
+
+
+@functools.cache
+def _pinned_chart_crds() -> tuple[dict[str, Any], ...]:
+    from infra.charts import chart_releases
+    from infra.config import CHART_COMPONENTS, project_defaults
+
+    platform = project_defaults()["platform"]
+    found: list[dict[str, Any]] = []
+    for component in CHART_COMPONENTS:
+        for spec in chart_releases(component):
+            archive = chart_archives.archive_path(spec.chart, platform[component]["version"])
+            manifests, crd_files = render_archive(archive, {}, name=spec.name, namespace=spec.namespace)
+            for text in [*crd_files.values(), *manifests.values()]:
+                found += [o for o in parse_documents(text) if o.get("kind") == "CustomResourceDefinition"]
+    return tuple(found)
+
+
+def pinned_chart_crds() -> list[dict[str, Any]]:
+    """Every CRD the platform's charts install at their pinned (Pulumi.yaml default) versions, rendered
+    with each chart's own defaults: what object builders are validated against outside a full render."""
+    return list(_pinned_chart_crds())

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_schema import validate_objects
 from render_support import ROOT, STACKS, STRATEGIES, rendered
 
 from infra import analysis, charts, fraud_service
 from infra.config import ConfigError, load_stack
 from infra.render import HELM_RELEASE, SECRET_MARKER, SECRET_SIG, SECRET_VALUE_SIG, RenderResult, run_program
+from infra.verify.k8s_schema import validate_objects
 
 NS = charts.FRAUD_NAMESPACE
 COMPONENT_TYPE = "fraud:serving:FraudModelService"

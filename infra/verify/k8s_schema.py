@@ -1,17 +1,20 @@
-"""Offline Kubernetes object validator for the test-suite: no kubectl, no cluster.
+"""Offline Kubernetes object validator: no kubectl, no cluster (used by ``fraudctl verify`` and the tests).
 
 * Built-in kinds are checked against the strict JSON schemas that the `kubernetes_validate` package ships
   for KUBERNETES_VERSION (unknown fields are errors).
-* Custom resources are checked against the upstream CRDs vendored in tests/crds (provenance in
-  tests/crds/SOURCES.md). Their structural schemas are translated to JSON Schema 2020-12 with unknown
-  fields as errors wherever the API server would prune them, like `kubectl apply --validate=strict`:
-  a typo in a Canary field would otherwise be dropped silently and the rollout would run with defaults.
+* Custom resources are checked against CustomResourceDefinitions handed to the registry: the CRDs the
+  platform's Helm releases install, rendered by Helm from the vendored charts at their pinned versions
+  (infra/helm.py). Their structural schemas are translated to JSON Schema 2020-12 with unknown fields as
+  errors wherever the API server would prune them, like `kubectl apply --validate=strict`: a typo in a
+  Canary field would otherwise be dropped silently and the rollout would run with defaults. CEL rules
+  (x-kubernetes-validations) are evaluated for the subset of CEL the CRDs use.
 * Every object also gets the API server's metadata checks (name, namespace, label and annotation syntax).
 
-Usage from a test (pytest puts tests/ on sys.path because tests/ has no __init__.py):
+Usage:
 
-    from k8s_schema import crd_kinds, validate_objects
-    assert validate_objects(rendered_objects) == []
+    from infra.verify.k8s_schema import SchemaRegistry, validate_objects
+    assert validate_objects(objects) == []            # CRDs of the pinned charts with their defaults
+    SchemaRegistry(crds).validate_object(obj)          # CRDs of one render
 
 Errors read `<kind>/<name>: <path>: <message>`, e.g.
 `Canary/fraud-detector: spec.analysis.stepWieght: unknown field (did you mean 'stepWeight'?)`.
@@ -22,25 +25,16 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import hashlib
 import importlib.resources
 import json
 import math
-import os
-import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Kubernetes release whose built-in API schemas we validate against; must be one kubernetes_validate ships.
 KUBERNETES_VERSION = "1.31.0"
-CRD_DIR = Path(__file__).resolve().parent / "crds"
-# Bump when the cached CRD payload (see _parse_crd_file) changes shape.
-_CACHE_FORMAT = 1
-_CACHE_DIR_ENV = "K8S_SCHEMA_CACHE_DIR"
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL)
@@ -74,37 +68,45 @@ _OBJECT_META_DEF = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
 class SchemaRegistry:
-    """Validates Kubernetes objects offline. Loads schemas lazily, once per kind, and caches parsed CRDs.
+    """Validates Kubernetes objects offline against the built-ins and the CRDs it is given.
 
-    Parsing the multi-MB CRD YAML files is the slow part, so each file's parsed (description-stripped)
-    schemas are pickled into `cache_dir`, keyed by the file's sha256; a file is only unpickled when one
-    of its kinds is validated.
+    Schemas are translated lazily, once per kind and version. When two CRDs define the same kind, the
+    first wins and the pair is listed in ``duplicate_crds`` (``fraudctl verify`` reports those).
     """
 
     def __init__(
         self,
-        crd_dir: Path = CRD_DIR,
+        crds: Iterable[Mapping[str, Any]],
         kubernetes_version: str = KUBERNETES_VERSION,
-        cache_dir: Path | None = None,
+        crd_source: str = "the given CRDs",
     ) -> None:
-        self.crd_dir = Path(crd_dir)
         self.kubernetes_version = kubernetes_version
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        self.crd_source = crd_source
         # (rule, reason) of CEL rules not evaluated; filled as kinds are loaded (see _compile_cel_rules).
         self.skipped_cel_rules: list[tuple[str, str, str]] = []
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self._crd_files = [_CrdFile(path) for path in sorted(self.crd_dir.rglob("*.yaml"))]
-        if not self._crd_files:
-            raise FileNotFoundError(f"no CRD files (*.yaml) under {self.crd_dir}")
-        self._crd_index: dict[tuple[str, str], _CrdIndexEntry] | None = None
+        self.duplicate_crds: list[tuple[str, str]] = []
+        self._crd_index: dict[tuple[str, str], _CrdIndexEntry] = {}
+        for crd in crds:
+            self._add_crd(crd)
         self._crd_schemas: dict[tuple[str, str, str], _CustomKind] = {}
         self._builtins: _BuiltinSchemas | None = None
+
+    def _add_crd(self, crd: Mapping[str, Any]) -> None:
+        if crd.get("apiVersion") != "apiextensions.k8s.io/v1" or crd.get("kind") != "CustomResourceDefinition":
+            raise ValueError(f"expected an apiextensions.k8s.io/v1 CustomResourceDefinition, got "
+                             f"{crd.get('apiVersion')} {crd.get('kind')}")
+        spec = crd["spec"]
+        key = (spec["group"], spec["names"]["kind"])
+        if key in self._crd_index:
+            self.duplicate_crds.append(key)
+            return
+        versions = {v["name"]: bool(v.get("served")) for v in spec["versions"]}
+        self._crd_index[key] = _CrdIndexEntry(crd, spec["scope"], versions)
 
     # ---- lookups
 
     def crd_kinds(self) -> set[tuple[str, str]]:
-        """(group, kind) of every custom resource kind that has a CRD under crd_dir."""
+        """(group, kind) of every custom resource kind the registry has a CRD for."""
         return set(self._index())
 
     def served_versions(self, group: str, kind: str) -> list[str]:
@@ -199,7 +201,7 @@ class SchemaRegistry:
                                    f"{', '.join(kinds_in_group)}")
             groups = sorted({g for g, _ in index})
             return ("apiVersion",), (
-                f"no built-in API group and no CRD under {self.crd_dir.name}/ for {group or 'core'!r} "
+                f"no built-in API group and no CRD in {self.crd_source} for {group or 'core'!r} "
                 f"(kind {kind}); CRD groups: {', '.join(groups)}"
             )
         served = [v for v, is_served in entry.versions.items() if is_served]
@@ -211,8 +213,7 @@ class SchemaRegistry:
             )
         key = (group, version, kind)
         if key not in self._crd_schemas:
-            crd = entry.crd_file.payload(self)[entry.doc_index]
-            raw_schema = crd["schemas"][version]
+            raw_schema = _crd_schema(entry.crd, version)
             self._crd_schemas[key] = _CustomKind(
                 schema=raw_schema,
                 validator=_LAZY.crd(_translate(raw_schema, root=True), format_checker=_formats()),
@@ -236,15 +237,6 @@ class SchemaRegistry:
         return found
 
     def _index(self) -> dict[tuple[str, str], _CrdIndexEntry]:
-        if self._crd_index is None:
-            index: dict[tuple[str, str], _CrdIndexEntry] = {}
-            for crd_file in self._crd_files:
-                for doc_index, (group, kind, scope, versions) in enumerate(crd_file.index(self)):
-                    if (group, kind) in index:
-                        other = index[(group, kind)].crd_file.path
-                        raise ValueError(f"CRD for {group}/{kind} is defined twice: {other} and {crd_file.path}")
-                    index[(group, kind)] = _CrdIndexEntry(crd_file, doc_index, scope, versions)
-            self._crd_index = index
         return self._crd_index
 
     def _builtin_schemas(self) -> _BuiltinSchemas:
@@ -255,8 +247,10 @@ class SchemaRegistry:
 
 @functools.cache
 def default_registry() -> SchemaRegistry:
-    """One registry per process (schemas are loaded once, lazily)."""
-    return SchemaRegistry()
+    """One registry per process: the CRDs every pinned chart installs with its default values."""
+    from infra.helm import pinned_chart_crds
+
+    return SchemaRegistry(pinned_chart_crds(), crd_source="the pinned charts")
 
 
 def validate_object(obj: Any) -> list[str]:
@@ -272,7 +266,7 @@ def crd_kinds() -> set[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# CRD files, index and pickle cache
+# CRD index
 
 
 @dataclass
@@ -285,93 +279,20 @@ class _CustomKind:
 
 @dataclass
 class _CrdIndexEntry:
-    crd_file: _CrdFile
-    doc_index: int
+    crd: Mapping[str, Any]
     scope: str
     versions: dict[str, bool]  # version -> served
 
 
-@dataclass
-class _CrdFile:
-    path: Path
-    _index: list[tuple[str, str, str, dict[str, bool]]] | None = field(default=None, repr=False)
-    _payload: list[dict] | None = field(default=None, repr=False)
-
-    def index(self, registry: SchemaRegistry) -> list[tuple[str, str, str, dict[str, bool]]]:
-        if self._index is None:
-            self._load(registry, want_payload=False)
-        assert self._index is not None
-        return self._index
-
-    def payload(self, registry: SchemaRegistry) -> list[dict]:
-        if self._payload is None:
-            self._load(registry, want_payload=True)
-        assert self._payload is not None
-        return self._payload
-
-    def _load(self, registry: SchemaRegistry, want_payload: bool) -> None:
-        data = self.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        cache_file = registry.cache_dir / f"{digest}.v{_CACHE_FORMAT}.pickle"
-        try:
-            # The index and the payload are two pickles in one file, so the index loads without the payload.
-            with cache_file.open("rb") as f:
-                index = pickle.load(f)
-                payload = pickle.load(f) if want_payload else None
-            registry.cache_hits += 1
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
-            registry.cache_misses += 1
-            index, payload = _parse_crd_file(self.path, data)
-            _write_cache(cache_file, index, payload)
-        self._index = index
-        if payload is not None:
-            self._payload = payload
-
-
-def _parse_crd_file(path: Path, data: bytes) -> tuple[list, list[dict]]:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster on multi-MB files
-    index: list[tuple[str, str, str, dict[str, bool]]] = []
-    payload: list[dict] = []
-    for doc in yaml.load_all(data, Loader=loader):
-        if not doc:
-            continue
-        if doc.get("apiVersion") != "apiextensions.k8s.io/v1" or doc.get("kind") != "CustomResourceDefinition":
-            raise ValueError(f"{path}: expected only apiextensions.k8s.io/v1 CustomResourceDefinition documents, "
-                             f"found {doc.get('apiVersion')} {doc.get('kind')}")
-        spec = doc["spec"]
-        versions = {v["name"]: bool(v.get("served")) for v in spec["versions"]}
-        schemas = {}
-        for v in spec["versions"]:
+def _crd_schema(crd: Mapping[str, Any], version: str) -> dict:
+    for v in crd["spec"]["versions"]:
+        if v["name"] == version:
             schema = (v.get("schema") or {}).get("openAPIV3Schema")
             # A version without a schema accepts anything the API server would keep: nothing is pruned.
-            schemas[v["name"]] = _strip_descriptions(schema) if schema else {
-                "type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        index.append((spec["group"], spec["names"]["kind"], spec["scope"], versions))
-        payload.append({"schemas": schemas})
-    return index, payload
-
-
-def _write_cache(cache_file: Path, index: list, payload: list[dict]) -> None:
-    try:
-        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if cache_file.parent.stat().st_uid != os.getuid():
-            return  # never trust (or feed) pickles in a directory someone else owns
-        fd, tmp_name = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp_name, cache_file)  # atomic: parallel test workers never see half a file
-    except OSError:
-        pass  # the cache is an optimisation only
-
-
-def _default_cache_dir() -> Path:
-    configured = os.environ.get(_CACHE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(tempfile.gettempdir()) / f"k8s-schema-cache-{os.getuid()}"
+            if not schema:
+                return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            return _strip_descriptions(schema)
+    raise KeyError(version)
 
 
 def _strip_descriptions(node: dict) -> dict:

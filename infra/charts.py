@@ -30,6 +30,7 @@ PROMETHEUS_SERVICE = "kube-prometheus-stack-prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{NAMESPACES['monitoring']}:9090"
 LOADTESTER_URL = f"http://flagger-loadtester.{NAMESPACES['flagger']}/"
 GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
+ISTIO_HUB = "docker.io/istio"
 # Secret names the charts read (the program creates them from pulumi-random passwords).
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 HARBOR_ADMIN_SECRET = "harbor-admin"
@@ -120,7 +121,14 @@ def istiod_values(config: StackConfig) -> dict[str, Any]:
             "enablePrometheusMerge": True,
             "accessLogFile": "/dev/stdout",
         },
-        "global": {"proxy": {"resources": _resources("50m", "64Mi", "500m", "256Mi")}},
+        "global": {
+            # The source chart defaults to gcr.io/istio-testing and latest; istio/release-builder stamps these
+            # into the published chart (charts/SOURCES.md). Set here so both sources run the release images,
+            # pilot and the injected sidecars alike.
+            "hub": ISTIO_HUB,
+            "tag": config.components["istio"].version,
+            "proxy": {"resources": _resources("50m", "64Mi", "500m", "256Mi")},
+        },
     }
 
 
@@ -181,7 +189,9 @@ def flagger_values(config: StackConfig) -> dict[str, Any]:
     return {
         "meshProvider": "istio",
         "metricsServer": PROMETHEUS_URL,
-        "crd": {"create": True},
+        # The chart's crds/ folder installs the CRDs; crd.create (meant for Helm v2, see the chart's
+        # values.yaml) would template the same three again and Helm 3 fails the release (fluxcd/flagger#1199).
+        "crd": {"create": False},
         "prometheus": {"install": False},
         "serviceMonitor": {"enabled": config.enabled("monitoring")},
         "resources": _resources("50m", "64Mi", "500m", "256Mi"),

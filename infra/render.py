@@ -83,6 +83,20 @@ class RenderResult:
             if r.is_kubernetes_object and self.region_of(r) == region
         ]
 
+    def delivered_objects(self, region: str) -> list[tuple[dict[str, Any], str, str]]:
+        """(object, origin, resource name) of everything that reaches ``region``'s cluster from the program:
+        applied directly ("program") or rendered for Argo CD to sync ("gitops", provider region-<name>-gitops)."""
+        gitops = f"region-{region}-gitops"
+        found = []
+        for r in self.resources:
+            if not r.is_kubernetes_object:
+                continue
+            if self.region_of(r) == region:
+                found.append((kubernetes_object(r, self.known_secrets), "program", r.name))
+            elif "::" in r.provider and r.provider.split("::")[-2] == gitops:
+                found.append((kubernetes_object(r, self.known_secrets), "gitops", r.name))
+        return found
+
     def helm_releases(self, region: str) -> list[dict[str, Any]]:
         releases = []
         for r in self.resources:

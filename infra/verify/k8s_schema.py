@@ -53,13 +53,32 @@ _NAME_RULES_BY_KIND = {
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"): "path-segment",
 }
 # Built-in kinds that are cluster-scoped: the API server rejects metadata.namespace on them.
-_CLUSTER_SCOPED_BUILTIN_KINDS = frozenset({
-    "APIService", "CertificateSigningRequest", "ClusterRole", "ClusterRoleBinding", "ComponentStatus",
-    "CSIDriver", "CSINode", "CustomResourceDefinition", "FlowSchema", "IngressClass",
-    "MutatingWebhookConfiguration", "Namespace", "Node", "PersistentVolume", "PriorityClass",
-    "PriorityLevelConfiguration", "RuntimeClass", "StorageClass", "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionPolicyBinding", "ValidatingWebhookConfiguration", "VolumeAttachment",
-})
+_CLUSTER_SCOPED_BUILTIN_KINDS = frozenset(
+    {
+        "APIService",
+        "CertificateSigningRequest",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ComponentStatus",
+        "CSIDriver",
+        "CSINode",
+        "CustomResourceDefinition",
+        "FlowSchema",
+        "IngressClass",
+        "MutatingWebhookConfiguration",
+        "Namespace",
+        "Node",
+        "PersistentVolume",
+        "PriorityClass",
+        "PriorityLevelConfiguration",
+        "RuntimeClass",
+        "StorageClass",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingWebhookConfiguration",
+        "VolumeAttachment",
+    }
+)
 _OBJECT_META_DEF = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
@@ -93,8 +112,10 @@ class SchemaRegistry:
 
     def _add_crd(self, crd: Mapping[str, Any]) -> None:
         if crd.get("apiVersion") != "apiextensions.k8s.io/v1" or crd.get("kind") != "CustomResourceDefinition":
-            raise ValueError(f"expected an apiextensions.k8s.io/v1 CustomResourceDefinition, got "
-                             f"{crd.get('apiVersion')} {crd.get('kind')}")
+            raise ValueError(
+                f"expected an apiextensions.k8s.io/v1 CustomResourceDefinition, got "
+                f"{crd.get('apiVersion')} {crd.get('kind')}"
+            )
         spec = crd["spec"]
         key = (spec["group"], spec["names"]["kind"])
         if key in self._crd_index:
@@ -183,8 +204,9 @@ class SchemaRegistry:
         problems = list(_schema_problems(custom.validator, obj))
         metadata = obj.get("metadata")
         if isinstance(metadata, dict):
-            problems.extend(_schema_problems(self._builtin_schemas().validator(_OBJECT_META_DEF), metadata,
-                                             prefix=("metadata",)))
+            problems.extend(
+                _schema_problems(self._builtin_schemas().validator(_OBJECT_META_DEF), metadata, prefix=("metadata",))
+            )
         if not problems and custom.has_cel:
             # Only on schema-valid objects, so rules see the types they were written for.
             problems.extend(_cel_problems(custom.schema, obj, ()))
@@ -197,8 +219,9 @@ class SchemaRegistry:
             kinds_in_group = sorted(k for g, k in index if g == group)
             if kinds_in_group:
                 hint = _did_you_mean(kind, kinds_in_group)
-                return ("kind",), (f"unknown kind {kind!r} in API group {group!r}{hint}; kinds with a CRD: "
-                                   f"{', '.join(kinds_in_group)}")
+                return ("kind",), (
+                    f"unknown kind {kind!r} in API group {group!r}{hint}; kinds with a CRD: {', '.join(kinds_in_group)}"
+                )
             groups = sorted({g for g, _ in index})
             return ("apiVersion",), (
                 f"no built-in API group and no CRD in {self.crd_source} for {group or 'core'!r} "
@@ -323,8 +346,22 @@ def _translate(node: dict, root: bool = False, structural: bool = True) -> dict:
     these fields is required") over fields declared outside them, so they must not forbid other fields.
     """
     out: dict[str, Any] = {}
-    for key in ("enum", "pattern", "minLength", "maxLength", "minimum", "maximum", "multipleOf",
-                "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "required", "format"):
+    for key in (
+        "enum",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "multipleOf",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "required",
+        "format",
+    ):
         if key in node:
             out[key] = node[key]
     # OpenAPI 3.0 spells exclusive bounds as booleans next to minimum/maximum.
@@ -396,8 +433,11 @@ def _list_map_keys(validator: Any, keys: list[str], instance: Any, schema: dict)
         key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
         if key in seen:
             described = ", ".join(f"{k}={item.get(k)!r}" for k in keys)
-            yield ValidationError(f"duplicate entry ({described}) also at index {seen[key]}; entries of this "
-                                  f"list must be unique by {', '.join(keys)}", path=[position])
+            yield ValidationError(
+                f"duplicate entry ({described}) also at index {seen[key]}; entries of this "
+                f"list must be unique by {', '.join(keys)}",
+                path=[position],
+            )
         else:
             seen[key] = position
 
@@ -417,7 +457,8 @@ class _LazyValidatorClass:
 
         # JSON Schema counts 2.0 as an integer; the API server's JSON decoding does not.
         strict_types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-            "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+            "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+        )
         return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict_types)
 
     @functools.cached_property
@@ -467,11 +508,14 @@ class _BuiltinSchemas:
         prefix = f"{group}/" if group else ""
         versions = sorted(f"{prefix}{v}" for g, v, k in self.kinds if g == group and k == kind)
         if versions:
-            return ("apiVersion",), (f"{prefix}{version} {kind} does not exist in Kubernetes {k8s_version}; "
-                                     f"available: {', '.join(versions)}")
+            return ("apiVersion",), (
+                f"{prefix}{version} {kind} does not exist in Kubernetes {k8s_version}; available: {', '.join(versions)}"
+            )
         kinds = sorted({k for g, _, k in self.kinds if g == group and not k.endswith("List")})
-        return ("kind",), (f"unknown kind {kind!r} in built-in API group {group or 'core'!r} (Kubernetes "
-                           f"{k8s_version}){_did_you_mean(kind, kinds)}")
+        return ("kind",), (
+            f"unknown kind {kind!r} in built-in API group {group or 'core'!r} (Kubernetes "
+            f"{k8s_version}){_did_you_mean(kind, kinds)}"
+        )
 
 
 def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
@@ -480,8 +524,9 @@ def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
 
     shipped = sorted(set(kubernetes_validate.utils.all_versions()))
     if k8s_version not in shipped:
-        raise ValueError(f"kubernetes_validate does not ship schemas for Kubernetes {k8s_version}; "
-                         f"it ships {', '.join(shipped)}")
+        raise ValueError(
+            f"kubernetes_validate does not ship schemas for Kubernetes {k8s_version}; it ships {', '.join(shipped)}"
+        )
     # Read the package's schema directory directly: its validate() re-reads the 1.3 MB definitions file
     # on every call and stops at the first error; we want all errors, fast.
     schema_dir = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema"
@@ -496,8 +541,7 @@ def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
             kinds[(gvk["group"], gvk["version"], gvk["kind"])] = name
 
     def make_validator(def_name: str) -> Any:
-        return _LAZY.builtin({"$ref": f"{base_uri}#/$defs/{def_name}"}, registry=registry,
-                                               format_checker=_formats())
+        return _LAZY.builtin({"$ref": f"{base_uri}#/$defs/{def_name}"}, registry=registry, format_checker=_formats())
 
     return _BuiltinSchemas(kinds=kinds, make_validator=make_validator)
 
@@ -517,8 +561,7 @@ def _explain(error: Any, path: tuple) -> list[tuple[tuple, str]]:
     kind, value, instance, schema = error.validator, error.validator_value, error.instance, error.schema
     if kind == "additionalProperties" and value is False and isinstance(instance, dict):
         known = sorted(schema.get("properties", {}))
-        return [((*path, extra), _unknown_field_message(extra, known))
-                for extra in sorted(set(instance) - set(known))]
+        return [((*path, extra), _unknown_field_message(extra, known)) for extra in sorted(set(instance) - set(known))]
     if kind == "required" and isinstance(instance, dict):
         return [((*path, name), "required field is missing") for name in value if name not in instance]
     if kind == "type":
@@ -587,8 +630,12 @@ def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
 def _metadata_problems(obj: dict, group: str, kind: str, cluster_scoped: bool) -> list[tuple[tuple, str]]:
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
-        return [(("metadata",), "required field is missing" if metadata is None else
-                 f"expected object, got {_json_type(metadata)}")]
+        return [
+            (
+                ("metadata",),
+                "required field is missing" if metadata is None else f"expected object, got {_json_type(metadata)}",
+            )
+        ]
     problems: list[tuple[tuple, str]] = []
     name = metadata.get("name")
     if not name:
@@ -638,17 +685,23 @@ def _name_problem(name: str, rule: str) -> str | None:
         return None
     if rule == "label":
         if len(name) > 63 or not _DNS1123_LABEL_RE.fullmatch(name):
-            return (f"{name!r} is not a valid DNS-1123 label (at most 63 characters: lowercase letters, digits "
-                    "and '-', starting and ending with a letter or digit)")
+            return (
+                f"{name!r} is not a valid DNS-1123 label (at most 63 characters: lowercase letters, digits "
+                "and '-', starting and ending with a letter or digit)"
+            )
         return None
     if rule == "dns1035":
         if len(name) > 63 or not _DNS1035_LABEL_RE.fullmatch(name):
-            return (f"{name!r} is not a valid DNS-1035 label (at most 63 characters: lowercase letters, digits "
-                    "and '-', starting with a letter and ending with a letter or digit)")
+            return (
+                f"{name!r} is not a valid DNS-1035 label (at most 63 characters: lowercase letters, digits "
+                "and '-', starting with a letter and ending with a letter or digit)"
+            )
         return None
     if len(name) > 253 or not _DNS1123_SUBDOMAIN_RE.fullmatch(name):
-        return (f"{name!r} is not a valid DNS-1123 subdomain (at most 253 characters: lowercase letters, digits, "
-                "'-' and '.', starting and ending with a letter or digit)")
+        return (
+            f"{name!r} is not a valid DNS-1123 subdomain (at most 253 characters: lowercase letters, digits, "
+            "'-' and '.', starting and ending with a letter or digit)"
+        )
     return None
 
 
@@ -660,15 +713,19 @@ def _qualified_name_problem(key: str) -> str | None:
         if len(prefix) > 253 or not _DNS1123_SUBDOMAIN_RE.fullmatch(prefix):
             return f"prefix {prefix!r} of {key!r} is not a valid DNS-1123 subdomain"
     if not name or len(name) > 63 or not _QUALIFIED_NAME_PART_RE.fullmatch(name):
-        return (f"name part {name!r} of {key!r} must be 1-63 characters of letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit")
+        return (
+            f"name part {name!r} of {key!r} must be 1-63 characters of letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
     return None
 
 
 def _label_value_problem(value: str) -> str | None:
     if value and (len(value) > 63 or not _QUALIFIED_NAME_PART_RE.fullmatch(value)):
-        return ("a label value must be empty or 1-63 characters of letters, digits, '-', '_' or '.', starting "
-                "and ending with a letter or digit")
+        return (
+            "a label value must be empty or 1-63 characters of letters, digits, '-', '_' or '.', starting "
+            "and ending with a letter or digit"
+        )
     return None
 
 
@@ -712,13 +769,16 @@ class _CelEvalError(Exception):
     pass
 
 
-_CEL_TOKEN_RE = re.compile(r"""
+_CEL_TOKEN_RE = re.compile(
+    r"""
     \s*(?:
       (?P<num>\d+\.\d+|\d+)
     | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<op>==|!=|<=|>=|&&|\|\||[<>!?:+\-*/%()\[\],.])
-    )""", re.VERBOSE)
+    )""",
+    re.VERBOSE,
+)
 _CEL_MACROS = ("all", "exists", "exists_one")
 _CEL_METHODS = ("contains", "startsWith", "endsWith", "matches", "size")
 _GO_DURATION_RE = re.compile(r"([-+]?)((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|ms|s|m|h))+|0)")
@@ -782,7 +842,7 @@ def _compile_cel(source: str) -> tuple:
     while position < len(source_stripped):
         match = _CEL_TOKEN_RE.match(source_stripped, position)
         if not match or match.end() == position:
-            raise _CelUnsupportedError(f"cannot read {source_stripped[position:position + 20]!r}")
+            raise _CelUnsupportedError(f"cannot read {source_stripped[position : position + 20]!r}")
         kind = match.lastgroup
         assert kind is not None
         tokens.append((kind, match.group(kind)))
@@ -1002,8 +1062,7 @@ def _cel_operator(op: str, left_node: tuple, right_node: tuple, env: dict[str, A
             raise _CelEvalError(f"'in' on {_json_type(right)}")
         return left in right
     if op in ("<", "<=", ">", ">="):
-        comparable = (isinstance(left, str) and isinstance(right, str)) or (
-            _is_number(left) and _is_number(right))
+        comparable = (isinstance(left, str) and isinstance(right, str)) or (_is_number(left) and _is_number(right))
         if not comparable:
             raise _CelEvalError(f"cannot compare {_json_type(left)} with {_json_type(right)}")
         return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
@@ -1182,3 +1241,8 @@ def _truncate(text: str, limit: int = 200) -> str:
 
 def _or(types: Sequence[str]) -> str:
     return " or ".join(types)
+
+
+def cluster_scoped_builtin(group: str, kind: str) -> bool:
+    """Whether a built-in kind (core or a *.k8s.io group) is cluster-scoped."""
+    return kind in _CLUSTER_SCOPED_BUILTIN_KINDS and (group == "" or group.endswith("k8s.io"))

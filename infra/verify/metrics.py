@@ -42,16 +42,22 @@ class Family:
     labels: frozenset[str]
     source: str
     exporter: Mapping[str, Any]
+    # prometheus_client also exposes <base>_created for counters and histograms (our runtime does).
+    created_series: bool = False
 
     def series_names(self) -> dict[str, frozenset[str]]:
         """Exposed series name -> its labels (a histogram also has _bucket{le}, _sum and _count)."""
         if self.type != "histogram":
-            return {self.name: self.labels}
-        return {
-            f"{self.name}_bucket": self.labels | {"le"},
-            f"{self.name}_sum": self.labels,
-            f"{self.name}_count": self.labels,
-        }
+            series = {self.name: self.labels}
+        else:
+            series = {
+                f"{self.name}_bucket": self.labels | {"le"},
+                f"{self.name}_sum": self.labels,
+                f"{self.name}_count": self.labels,
+            }
+        if self.created_series and self.type in ("counter", "histogram"):
+            series[f"{self.name.removesuffix('_total')}_created"] = self.labels
+        return series
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,9 @@ def catalog() -> Catalog:
         families[name] = Family(name, spec["type"], frozenset(spec["labels"]), provenance, source["exporter"])
     runtime_exporter = {"image": IMAGE_NAME, "port": DEFAULT_METRICS_PORT}
     for name, labels in runtime.METRIC_LABELS.items():
-        families[name] = Family(name, runtime.METRIC_TYPES[name], frozenset(labels), RUNTIME_SOURCE, runtime_exporter)
+        families[name] = Family(
+            name, runtime.METRIC_TYPES[name], frozenset(labels), RUNTIME_SOURCE, runtime_exporter, created_series=True
+        )
     scrape = doc["scrape"]
     return Catalog(
         families, frozenset(scrape["target_labels"]), scrape["conflict_prefix"], frozenset(scrape["synthetic"])

@@ -30,6 +30,7 @@ BOOTSTRAP_CLUSTER_ROLES = frozenset({"cluster-admin", "admin", "edit", "view"})
 # Registries that publish test builds, never releases.
 TESTING_REGISTRIES = ("gcr.io/istio-testing", "localhost/", "localhost:")
 DASHBOARD_LABEL = "grafana_dashboard"
+DEFAULT_INGRESS_CLASS = "ingressclass.kubernetes.io/is-default-class"
 
 
 @dataclass
@@ -212,7 +213,10 @@ class _References:
         return pods
 
 
-@check("references", "every selector and reference resolves (Services, monitors, targets, keys, accounts, roles)")
+@check(
+    "references",
+    "every selector and reference resolves (Services, monitors, ingresses, targets, keys, accounts, roles)",
+)
 def _references(platform: Platform, result: CheckResult) -> None:
     refs = _References(platform, result)
     for svc in platform.of_kind("Service"):
@@ -239,6 +243,8 @@ def _references(platform: Platform, result: CheckResult) -> None:
     for hpa in platform.of_kind("HorizontalPodAutoscaler"):
         target = hpa.spec.get("scaleTargetRef") or {}
         refs.obj(hpa, target.get("kind", ""), hpa.namespace, target.get("name", ""))
+    for ingress in platform.of_kind("Ingress"):
+        _ingress_references(platform, refs, ingress)
     _flagger_references(refs, platform)
     _argo_references(refs, platform)
     for template in platform.pod_templates():
@@ -273,6 +279,47 @@ def _service_monitor(platform: Platform, refs: _References, monitor: PlatformObj
                 f"no selected Service has a port named {port!r} (they have {sorted(map(str, names))})",
                 port in names,
             )
+
+
+def _ingress_references(platform: Platform, refs: _References, ingress: PlatformObject) -> None:
+    """An Ingress needs a controller: its IngressClass (or a default one) in the platform, and backends."""
+    classes = platform.of_kind("IngressClass")
+    wanted = ingress.spec.get("ingressClassName") or ingress.metadata.get("annotations", {}).get(
+        "kubernetes.io/ingress.class"
+    )
+    if wanted:
+        refs.need(
+            ingress,
+            f"IngressClass {wanted} does not exist: no ingress controller in the platform serves it",
+            any(c.name == wanted for c in classes),
+        )
+    else:
+        default = [c for c in classes if c.metadata.get("annotations", {}).get(DEFAULT_INGRESS_CLASS) == "true"]
+        refs.need(
+            ingress,
+            "has no ingressClassName and the platform has no default IngressClass: no ingress controller serves it",
+            bool(default),
+        )
+    backends = [ingress.spec.get("defaultBackend")]
+    backends += [
+        p.get("backend")
+        for rule in ingress.spec.get("rules") or []
+        for p in (rule.get("http") or {}).get("paths") or []
+    ]
+    for backend in filter(None, backends):
+        service = backend.get("service")
+        if not service:
+            continue
+        found = platform.find("Service", ingress.namespace, service.get("name", ""))
+        refs.need(ingress, f"backend Service {ingress.namespace}/{service.get('name')} does not exist", bool(found))
+        port = service.get("port") or {}
+        if found:
+            ports = found[0].spec.get("ports") or []
+            ok = any(
+                port.get("number") == p.get("port") or (port.get("name") and port.get("name") == p.get("name"))
+                for p in ports
+            )
+            refs.need(ingress, f"backend Service {ingress.namespace}/{service.get('name')} has no port {port}", ok)
 
 
 def _flagger_references(refs: _References, platform: Platform) -> None:

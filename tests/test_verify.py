@@ -325,8 +325,9 @@ def _rule(expr: str) -> dict:
         ('max(flagger_canary_weight{namespace="fraud"})', "namespace is flagger-system there"),
         ('sum(rate(fraud_requests_total{namespace="flagger-system"}[5m]))', "namespace is fraud there"),
         ("sum(rate(fraud_requests_total[5m]) >", "does not parse"),
+        ('kube_deployment_status_replicas_available{deploymnet="fraud-detector"}', "has no label 'deploymnet'"),
     ],
-    ids=["metric", "label", "grouping", "flagger-name", "flagger-namespace", "wrong-namespace", "syntax"],
+    ids=["metric", "label", "grouping", "flagger-name", "flagger-namespace", "wrong-namespace", "syntax", "ksm-label"],
 )
 def test_metrics_catch_names_and_labels_nothing_exports(expr: str, expected: str) -> None:
     platform = base()
@@ -344,6 +345,8 @@ def test_metrics_accept_what_the_platform_exports_after_relabelling() -> None:
         'sum(rate(istio_requests_total{reporter="destination",destination_workload="fraud-detector"}[1m]))',
         'up{namespace="fraud",job="fraud-detector-metrics",endpoint="http-metrics"}',
         "histogram_quantile(0.99, sum by (le) (rate(fraud_request_duration_seconds_bucket[5m])))",
+        # kube-state-metrics' ServiceMonitor honours labels: namespace is the object's, not the exporter's.
+        'kube_deployment_status_replicas_available{namespace="fraud",deployment="fraud-detector"}',
     ]
     found = failures(
         variant(

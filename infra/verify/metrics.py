@@ -1,7 +1,7 @@
 """Which series exist in the platform's Prometheus, and whether our queries can find them.
 
-Families come from :data:`CATALOG_FILE` (Flagger, Istio: read from their source at the pinned versions,
-with provenance) and from :mod:`serving.metrics` (our runtime). A family only reaches Prometheus if a
+Families come from :data:`CATALOG_FILE` (Flagger, Istio, kube-state-metrics: read from their source at the
+pinned versions, with provenance) and from :mod:`serving.metrics` (our runtime). A family only reaches Prometheus if a
 ServiceMonitor scrapes its exporter; a sample then carries the target's labels, and with
 ``honorLabels: false`` an exposed label that a target label also sets becomes ``exported_<name>``
 (see the ``scrape`` section of the catalog for the upstream files).

@@ -61,14 +61,23 @@ def _print_problems(error: ConfigError, where: str) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-def run_render(args: argparse.Namespace) -> int:
-    from infra.render import run_program, write_render
+def _run_stack(args: argparse.Namespace) -> Any:
+    """The program's render for ``--stack``/``--set``, or None after printing every config problem."""
+    from infra.render import run_program
 
-    started = time.perf_counter()
     try:
-        result = run_program(args.stack, overrides=parse_set_overrides(args.set))
+        return run_program(args.stack, overrides=parse_set_overrides(args.set))
     except ConfigError as error:
         _print_problems(error, f"stack {args.stack}")
+        return None
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from infra.render import write_render
+
+    started = time.perf_counter()
+    result = _run_stack(args)
+    if result is None:
         return 2
     written = write_render(result, args.out)
     for region in result.config.regions:
@@ -121,7 +130,6 @@ def run_charts_package(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from infra.render import run_program
     from infra.verify.checks import CHECKS, format_table, platform_of, run_checks
 
     unknown = sorted(set(args.check or ()) - set(CHECKS))
@@ -129,10 +137,8 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"fraudctl verify: unknown check(s) {', '.join(unknown)}; checks: {', '.join(CHECKS)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    try:
-        result = run_program(args.stack, overrides=parse_set_overrides(args.set))
-    except ConfigError as error:
-        _print_problems(error, f"stack {args.stack}")
+    result = _run_stack(args)
+    if result is None:
         return 2
     failed = 0
     for region in result.config.regions:

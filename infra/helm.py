@@ -39,6 +39,7 @@ from infra import chart_archives
 KUBE_VERSION = "v1.31.0"
 _CACHE_ENV = "FRAUD_HELM_CACHE"
 _CACHE_FORMAT = 2
+_CACHE_ENTRIES = 96
 _HOOK = "helm.sh/hook"
 
 
@@ -220,6 +221,10 @@ def _write_cache(cache_file: Path, payload: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f)
         os.replace(tmp_name, cache_file)
+        # Keep the newest renders only: one entry per (chart, values, capabilities) is a few MB.
+        entries = sorted(cache_file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in entries[_CACHE_ENTRIES:]:
+            stale.unlink(missing_ok=True)
     except OSError:
         pass  # the cache is an optimisation only
 

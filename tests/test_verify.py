@@ -398,6 +398,38 @@ def test_canary_candidate_catches_a_check_that_reads_the_primary_too() -> None:
     assert any("fraud-success-rate" in f and "selects none of the candidate's series" in f for f in found)
 
 
+def test_canary_candidate_accepts_the_new_pod_template_hash_for_argo() -> None:
+    """Blue-green: preview and active pods differ only by their pod template hash (Argo's
+    ``podTemplateHashValue: Latest`` argument), so a check must select on it."""
+    platform = base("dev", strategy="blue-green")
+    by_hash = (
+        'sum(rate(fraud_requests_total{namespace="{{args.namespace}}",'
+        'rollouts_pod_template_hash="{{args.candidate_hash}}"}[1m]))'
+    )
+
+    def select_by_hash(objects: list[PlatformObject]) -> list[PlatformObject]:
+        out = []
+        for item in objects:
+            if item.kind in ("AnalysisTemplate", "Rollout") and item.origin == "program":
+                obj = copy.deepcopy(item.obj)
+                if item.kind == "AnalysisTemplate" and obj["metadata"]["name"] == "fraud-analysis":
+                    obj["spec"]["args"].append({"name": "candidate_hash"})
+                    for metric in obj["spec"]["metrics"]:
+                        metric["provider"]["prometheus"]["query"] = by_hash
+                if item.kind == "Rollout":
+                    for phase in ("prePromotionAnalysis", "postPromotionAnalysis"):
+                        obj["spec"]["strategy"]["blueGreen"][phase]["args"].append(
+                            {"name": "candidate_hash", "valueFrom": {"podTemplateHashValue": "Latest"}}
+                        )
+                item = PlatformObject(obj, item.origin, item.source)
+            out.append(item)
+        return out
+
+    before = failures(platform, "canary-candidate")
+    assert any("fraud-analysis" in f for f in before)
+    assert not [f for f in failures(variant(platform, select_by_hash), "canary-candidate") if "fraud-analysis" in f]
+
+
 def test_canary_candidate_reports_a_template_function_flagger_does_not_have() -> None:
     platform = base()
     bad = 'sum(rate(fraud_requests_total{pod=~"{{ workload }}-.*"}[1m]))'

@@ -460,9 +460,16 @@ def workload_series(facts: Mapping[str, str], version: str) -> dict[str, dict[st
         candidate_workload = primary_workload = target
         candidate_pod, primary_pod = f"{target}-{CANDIDATE_HASH}-x2x4z", f"{target}-{STABLE_HASH}-k8s9q"
     common = {"namespace": namespace, "model_version": version, "destination_workload_namespace": namespace}
+    # Pod labels a ServiceMonitor may copy onto series (podTargetLabels, sanitised as Prometheus does).
+    hash_label = "rollouts_pod_template_hash" if facts["engine"] == "argo" else "pod_template_hash"
     return {
-        "candidate": {**common, "pod": candidate_pod, "destination_workload": candidate_workload},
-        "serving": {**common, "pod": primary_pod, "destination_workload": primary_workload},
+        "candidate": {
+            **common,
+            "pod": candidate_pod,
+            "destination_workload": candidate_workload,
+            hash_label: CANDIDATE_HASH,
+        },
+        "serving": {**common, "pod": primary_pod, "destination_workload": primary_workload, hash_label: STABLE_HASH},
     }
 
 

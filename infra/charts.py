@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import StackConfig
+from infra.chart_archives import CHARTS_DIR, archive_name
+from infra.config import Component, StackConfig
 
 # Namespaces of the platform, one per component.
 NAMESPACES = {
@@ -24,10 +25,12 @@ NAMESPACES = {
     "mlflow": "mlflow",
 }
 FRAUD_NAMESPACE = "fraud"
+CHARTS_FOLDER = CHARTS_DIR.name
 PROMETHEUS_SERVICE = "kube-prometheus-stack-prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{NAMESPACES['monitoring']}:9090"
 LOADTESTER_URL = f"http://flagger-loadtester.{NAMESPACES['flagger']}/"
 GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
+ISTIO_HUB = "docker.io/istio"
 # Secret names the charts read (the program creates them from pulumi-random passwords).
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 HARBOR_ADMIN_SECRET = "harbor-admin"
@@ -44,6 +47,30 @@ class ChartRelease:
     chart: str
     component: str
     namespace: str
+
+
+@dataclass(frozen=True)
+class ChartSource:
+    """What a Helm release is told to install: ``chart`` (a path or a name), ``version``, ``repository``."""
+
+    chart: str
+    version: str | None
+    repository: str | None
+
+
+def chart_source(spec: ChartRelease, component: Component) -> ChartSource:
+    """The vendored archive by default; the named chart at ``version`` when the stack sets a repository.
+
+    A local archive is passed as a path relative to the project (``pulumi up`` runs there) and without
+    ``version``: pulumi-kubernetes resolves a local path before any repository and never uses the version
+    for it (provider/pkg/provider/helm_release.go ``locateChart``/``localChart``), then records the chart's
+    own Chart.yaml version in the state (``setReleaseAttributes``); the archive's name carries the version
+    and tests/test_chart_archives.py holds it equal to its Chart.yaml. A changed archive is noticed through
+    the rendered-manifest checksum the provider computes in Check.
+    """
+    if component.repository:
+        return ChartSource(spec.chart, component.version, component.repository)
+    return ChartSource(f"./{CHARTS_FOLDER}/{archive_name(spec.chart, component.version)}", None, None)
 
 
 def chart_releases(component: str) -> list[ChartRelease]:
@@ -94,7 +121,14 @@ def istiod_values(config: StackConfig) -> dict[str, Any]:
             "enablePrometheusMerge": True,
             "accessLogFile": "/dev/stdout",
         },
-        "global": {"proxy": {"resources": _resources("50m", "64Mi", "500m", "256Mi")}},
+        "global": {
+            # The source chart defaults to gcr.io/istio-testing and latest; istio/release-builder stamps these
+            # into the published chart (charts/SOURCES.md). Set here so both sources run the release images,
+            # pilot and the injected sidecars alike.
+            "hub": ISTIO_HUB,
+            "tag": config.components["istio"].version,
+            "proxy": {"resources": _resources("50m", "64Mi", "500m", "256Mi")},
+        },
     }
 
 
@@ -155,7 +189,9 @@ def flagger_values(config: StackConfig) -> dict[str, Any]:
     return {
         "meshProvider": "istio",
         "metricsServer": PROMETHEUS_URL,
-        "crd": {"create": True},
+        # The chart's crds/ folder installs the CRDs; crd.create (meant for Helm v2, see the chart's
+        # values.yaml) would template the same three again and Helm 3 fails the release (fluxcd/flagger#1199).
+        "crd": {"create": False},
         "prometheus": {"install": False},
         "serviceMonitor": {"enabled": config.enabled("monitoring")},
         "resources": _resources("50m", "64Mi", "500m", "256Mi"),

@@ -31,6 +31,29 @@ def register(commands: Any, bench: Any) -> None:
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Pulumi.<stack>.yaml files")
     check.set_defaults(handler=run_check_config)
 
+    verify = commands.add_parser(
+        "verify", help="render a stack with real Helm and check the platform as one system (exit 1 on a failure)"
+    )
+    verify.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
+    verify.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted path)"
+    )
+    verify.add_argument("--check", action="append", default=None, metavar="NAME", help="run only these checks")
+    verify.add_argument("--all-failures", action="store_true", help="list every failure, not the first three")
+    verify.set_defaults(handler=run_verify)
+
+    charts = commands.add_parser("charts", help="the vendored Helm chart archives under charts/")
+    charts_commands = charts.add_subparsers(dest="charts_command", required=True, metavar="ACTION")
+    package = charts_commands.add_parser(
+        "package", help="package a chart folder into a reproducible charts/<chart>-<version>.tgz"
+    )
+    package.add_argument("chart_dir", type=Path, metavar="DIR", help="chart source folder (dependencies unpacked)")
+    package.add_argument("--out", type=Path, default=None, help="output folder (default: the project's charts/)")
+    package.add_argument(
+        "--stamp-version", default=None, metavar="VERSION", help="set Chart.yaml version and appVersion (istio)"
+    )
+    package.set_defaults(handler=run_charts_package)
+
 
 def _print_problems(error: ConfigError, where: str) -> None:
     print(f"{where}: invalid configuration", file=sys.stderr)
@@ -38,14 +61,23 @@ def _print_problems(error: ConfigError, where: str) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-def run_render(args: argparse.Namespace) -> int:
-    from infra.render import run_program, write_render
+def _run_stack(args: argparse.Namespace) -> Any:
+    """The program's render for ``--stack``/``--set``, or None after printing every config problem."""
+    from infra.render import run_program
 
-    started = time.perf_counter()
     try:
-        result = run_program(args.stack, overrides=parse_set_overrides(args.set))
+        return run_program(args.stack, overrides=parse_set_overrides(args.set))
     except ConfigError as error:
         _print_problems(error, f"stack {args.stack}")
+        return None
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from infra.render import write_render
+
+    started = time.perf_counter()
+    result = _run_stack(args)
+    if result is None:
         return 2
     written = write_render(result, args.out)
     for region in result.config.regions:
@@ -83,3 +115,37 @@ def run_check_config(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: ok")
     return 2 if failed else 0
+
+
+def run_charts_package(args: argparse.Namespace) -> int:
+    from infra.chart_archives import CHARTS_DIR, ChartSourceError, package_chart, sha256_file
+
+    try:
+        path = package_chart(args.chart_dir, args.out or CHARTS_DIR, stamp_version=args.stamp_version)
+    except (ChartSourceError, OSError) as error:
+        print(f"fraudctl charts package: {error}", file=sys.stderr)
+        return 2
+    print(f"{path}  sha256 {sha256_file(path)}  {path.stat().st_size} bytes")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from infra.verify.checks import CHECKS, format_table, platform_of, run_checks
+
+    unknown = sorted(set(args.check or ()) - set(CHECKS))
+    if unknown:
+        print(f"fraudctl verify: unknown check(s) {', '.join(unknown)}; checks: {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    result = _run_stack(args)
+    if result is None:
+        return 2
+    failed = 0
+    for region in result.config.regions:
+        print(f"{region.name}: rendering {len(result.helm_releases(region.name))} Helm releases", file=sys.stderr)
+        results = run_checks(platform_of(result, region.name), args.check)
+        print(format_table(region.name, results, limit=10**6 if args.all_failures else 3))
+        failed += sum(not r.ok for r in results)
+    verdict = f"{failed} check(s) failed" if failed else "all checks passed"
+    print(f"stack {args.stack}: {verdict} ({time.perf_counter() - started:.1f}s)")
+    return 1 if failed else 0

@@ -431,18 +431,35 @@ def _parse_components(p: _Problems, raw: Any) -> dict[str, Component]:
         if not isinstance(version, str) or not _EXACT_VERSION.match(version):
             p.add(f"{key}.version", f"must be an exact version like 1.2.3 (no ranges, no 'latest'), got {version!r}")
             version = None
-        repository = item.get("repository")
-        if name in CHART_COMPONENTS and not (
+        # No repository: install the vendored archive charts/<chart>-<version>.tgz (infra/chart_archives.py).
+        repository = item.get("repository") or None
+        if repository is not None and not (
             isinstance(repository, str) and re.match(r"^(https://|oci://)\S+$", repository)
         ):
             p.add(f"{key}.repository", f"must be an https:// or oci:// chart repository, got {repository!r}")
             repository = None
+        elif repository is None and name in CHART_COMPONENTS and version is not None:
+            _check_vendored(p, key, name, version)
         if enabled is not None and version is not None:
             components[name] = Component(name, enabled, version, repository)
     loadtester, flagger = components.get("flaggerLoadtester"), components.get("flagger")
     if loadtester and flagger and loadtester.enabled and not flagger.enabled:
         p.add("platform.flaggerLoadtester.enabled", "needs platform.flagger.enabled: true")
     return components
+
+
+def _check_vendored(p: _Problems, key: str, component: str, version: str) -> None:
+    from infra.chart_archives import vendored_versions
+    from infra.charts import chart_releases
+
+    for spec in chart_releases(component):
+        vendored = vendored_versions(spec.chart)
+        if version not in vendored:
+            p.add(
+                f"{key}.version",
+                f"{version} of chart {spec.chart} is not vendored under charts/ (vendored: "
+                f"{', '.join(vendored) or 'none'}); package it (charts/README.md) or set {key}.repository",
+            )
 
 
 def parse_config(raw: Mapping[str, Any], *, stack: str, schema_root: Path = PROJECT_ROOT) -> StackConfig:

@@ -70,13 +70,14 @@ class PlatformComponent(pulumi.ComponentResource):
     def release(self, spec: charts.ChartRelease, values: dict[str, Any], depends_on: list[pulumi.Resource]) -> Any:
         import pulumi_kubernetes as kubernetes
 
-        component = self.config.components[spec.component]
+        source = charts.chart_source(spec, self.config.components[spec.component])
+        repository = kubernetes.helm.v3.RepositoryOptsArgs(repo=source.repository) if source.repository else None
         return kubernetes.helm.v3.Release(
             f"{self._name}-{spec.name}",
             name=spec.name,
-            chart=spec.chart,
-            version=component.version,
-            repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=component.repository),
+            chart=source.chart,
+            version=source.version,
+            repository_opts=repository,
             namespace=spec.namespace,
             values=values,
             # Wait for readiness and roll back a failed upgrade, so dependants never see half a tool.

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from infra import chart_archives
 from infra.config import PROJECT, PROJECT_ROOT, StackConfig, load_stack, resolve_raw
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
@@ -59,6 +60,7 @@ class RenderResult:
     resources: list[RecordedResource]
     stack_outputs: dict[str, Any]
     generated_secrets: list[str] = field(default_factory=list)
+    _helm_renders: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def known_secrets(self) -> frozenset[str]:
@@ -81,22 +83,69 @@ class RenderResult:
             if r.is_kubernetes_object and self.region_of(r) == region
         ]
 
+    def delivered_objects(self, region: str) -> list[tuple[dict[str, Any], str, str]]:
+        """(object, origin, resource name) of everything that reaches ``region``'s cluster from the program:
+        applied directly ("program") or rendered for Argo CD to sync ("gitops", provider region-<name>-gitops)."""
+        gitops = f"region-{region}-gitops"
+        found = []
+        for r in self.resources:
+            if not r.is_kubernetes_object:
+                continue
+            if self.region_of(r) == region:
+                found.append((kubernetes_object(r, self.known_secrets), "program", r.name))
+            elif "::" in r.provider and r.provider.split("::")[-2] == gitops:
+                found.append((kubernetes_object(r, self.known_secrets), "gitops", r.name))
+        return found
+
     def helm_releases(self, region: str) -> list[dict[str, Any]]:
         releases = []
         for r in self.resources:
             if r.type == HELM_RELEASE and self.region_of(r) == region:
                 inputs = wire(r.inputs, self.known_secrets)
+                chart = inputs.get("chart")
+                local = chart_archives.parse_archive_name(chart) if isinstance(chart, str) else None
                 releases.append(
                     {
                         "name": inputs.get("name"),
                         "namespace": inputs.get("namespace"),
-                        "chart": inputs.get("chart"),
+                        "chart": chart,
                         "repo": (inputs.get("repositoryOpts") or {}).get("repo"),
-                        "version": inputs.get("version"),
+                        # A vendored archive is passed without version: its name carries it.
+                        "version": inputs.get("version") or (local[1] if local else None),
                         "values": inputs.get("values") or {},
                     }
                 )
         return releases
+
+
+    def helm_waits_for(self, region: str) -> dict[str, set[str]]:
+        """Release name -> the releases of ``region`` it waits for (transitively, through any resource)."""
+        by_urn = self.by_urn()
+        names = {
+            r.urn: r.inputs.get("name")
+            for r in self.resources
+            if r.type == HELM_RELEASE and self.region_of(r) == region
+        }
+        waits: dict[str, set[str]] = {}
+        for urn, name in names.items():
+            seen: set[str] = set()
+            stack = list(by_urn[urn].dependencies)
+            while stack:
+                current = stack.pop()
+                if current in seen or current not in by_urn:
+                    continue
+                seen.add(current)
+                stack.extend(by_urn[current].dependencies)
+            waits[str(name)] = {str(names[u]) for u in seen if u in names}
+        return waits
+
+    def helm_renders(self, region: str) -> list[Any]:
+        """Every Helm release of ``region`` rendered by Helm from its archive (infra/helm.py), cached."""
+        if region not in self._helm_renders:
+            from infra.helm import render_releases
+
+            self._helm_renders[region] = render_releases(self.helm_releases(region), self.helm_waits_for(region))
+        return self._helm_renders[region]
 
 
 def wire(value: Any, secrets: frozenset[str] = frozenset(), *, in_secret: bool = False) -> Any:
@@ -257,7 +306,8 @@ def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: 
 
 
 def write_render(result: RenderResult, out: Path) -> list[Path]:
-    """Write ``<out>/<region>/manifests.yaml`` and ``helm-releases.yaml`` (and stack outputs) atomically."""
+    """Write ``<out>/<region>/manifests.yaml``, ``helm-releases.yaml``, ``helm/<release>.yaml`` (and stack
+    outputs) atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out.parent))
@@ -273,6 +323,11 @@ def write_render(result: RenderResult, out: Path) -> list[Path]:
                 yaml.safe_dump(result.helm_releases(region.name), sort_keys=False, width=120)
             )
             written += [out / region.name / "manifests.yaml", out / region.name / "helm-releases.yaml"]
+            # Each release as Helm renders it from its vendored archive with exactly these values.
+            (region_dir / "helm").mkdir()
+            for rendered in result.helm_renders(region.name):
+                (region_dir / "helm" / f"{rendered.name}.yaml").write_text(rendered.text())
+                written.append(out / region.name / "helm" / f"{rendered.name}.yaml")
         (staging / "stack-outputs.yaml").write_text(
             yaml.safe_dump(wire(result.stack_outputs, result.known_secrets), sort_keys=False)
         )

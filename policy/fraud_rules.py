@@ -20,6 +20,8 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+# ./charts/<chart>-<exact version>.tgz: the project's vendored chart archives.
+VENDORED_ARCHIVE = re.compile(r"^\./charts/[a-z0-9][a-z0-9-]*-\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?\.tgz$")
 CHART_TYPES = ("kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v3:Chart", "kubernetes:helm.sh/v4:Chart")
 SECRET_ENV = re.compile(r"(PASSWORD|TOKEN|SECRET|_KEY$|^KEY$|CREDENTIAL)", re.I)
 
@@ -159,9 +161,13 @@ def pod_specs(resource: Resource) -> Iterator[PodSpec]:
 def pinned_chart_versions(resource: Resource) -> list[str]:
     if resource.type not in CHART_TYPES:
         return []
-    version = reveal(resource.props).get("version")
+    props = reveal(resource.props)
+    version = props.get("version")
     if is_unknown(version):
         return []
+    chart = props.get("chart")
+    if version is None and isinstance(chart, str) and VENDORED_ARCHIVE.match(chart):
+        return []  # a vendored archive (charts/README.md) is pinned by its file: Helm ignores version for a path
     if not isinstance(version, str) or not EXACT_VERSION.match(version):
         chart = reveal(resource.props).get("chart", resource.name)
         return [f"chart {chart}: version {version!r} is not an exact version (pin e.g. 1.2.3; no ranges, no latest)"]

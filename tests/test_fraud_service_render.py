@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_schema import validate_objects
 from render_support import ROOT, STACKS, STRATEGIES, rendered
 
 from infra import charts
 from infra.config import ConfigError, load_stack
 from infra.render import HELM_RELEASE, SECRET_MARKER, SECRET_SIG, SECRET_VALUE_SIG, RenderResult, run_program
 from infra.service import names as fraud_service
+from infra.verify.k8s_schema import validate_objects
 from rollout import analysis
 
 NS = charts.FRAUD_NAMESPACE

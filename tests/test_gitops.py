@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from k8s_schema import validate_objects
 from render_support import STACKS, STRATEGIES, rendered
 
 from infra import charts, gitops
 from infra.config import ConfigError, load_stack
 from infra.render import HELM_RELEASE, RecordedResource, RenderResult
+from infra.verify.k8s_schema import validate_objects
 
 
 def providers(result: RenderResult) -> dict[str, RecordedResource]:

@@ -7,13 +7,13 @@ import re
 from typing import Any
 
 import pytest
-from k8s_schema import validate_objects
 from render_support import STACKS, STRATEGIES, rendered
 
 from fraudctl.cli import build_parser
 from infra import pipeline, waves
 from infra.config import load_stack
 from infra.render import SECRET_MARKER, SECRET_SIG, SECRET_VALUE_SIG, RenderResult, run_program
+from infra.verify.k8s_schema import validate_objects
 
 SAMPLE_PARAMETERS = {
     "{{workflow.parameters.model-version}}": "v2",

@@ -271,3 +271,9 @@ def test_a_broken_render_is_caught() -> None:
     assert violations(rules.Resource(template.type, props, template.name), "no-latest-images")
     release = next(r for r in resources if r.type == "kubernetes:helm.sh/v3:Release")
     assert violations(rules.Resource(release.type, {**release.props, "version": ">=1.0.0"}), "pinned-chart-versions")
+    # A vendored archive is pinned by its name; a chart name without a version is not.
+    assert release.props["chart"].startswith("./charts/") and "version" not in release.props
+    assert violations(rules.Resource(release.type, {**release.props, "chart": "flagger"}), "pinned-chart-versions")
+    assert violations(
+        rules.Resource(release.type, {**release.props, "chart": "./charts/flagger-latest.tgz"}), "pinned-chart-versions"
+    )

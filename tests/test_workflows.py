@@ -137,6 +137,12 @@ def test_pull_requests_run_the_tests_and_comment_a_preview_of_each_stack() -> No
     assert preview["github-token"] == "${{ secrets.GITHUB_TOKEN }}" and preview["policyPacks"] == "policy"
     assert doc["permissions"]["pull-requests"] == "write"
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("./dev test")
+    # Beside the preview, every stack is rendered with real Helm and checked as one system, before it.
+    steps = doc["jobs"]["preview"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    verify = next(i for i, run in enumerate(runs) if run.startswith(".venv/bin/fraudctl verify"))
+    assert runs[verify] == '.venv/bin/fraudctl verify --stack "${{ matrix.stack }}"'
+    assert verify < next(i for i, s in enumerate(steps) if "pulumi/actions" in s.get("uses", ""))
 
 
 def test_merges_to_main_run_pulumi_up_and_commit_gitops_manifests() -> None:

@@ -1,17 +1,20 @@
-"""Offline Kubernetes object validator for the test-suite: no kubectl, no cluster.
+"""Offline Kubernetes object validator: no kubectl, no cluster (used by ``fraudctl verify`` and the tests).
 
 * Built-in kinds are checked against the strict JSON schemas that the `kubernetes_validate` package ships
   for KUBERNETES_VERSION (unknown fields are errors).
-* Custom resources are checked against the upstream CRDs vendored in tests/crds (provenance in
-  tests/crds/SOURCES.md). Their structural schemas are translated to JSON Schema 2020-12 with unknown
-  fields as errors wherever the API server would prune them, like `kubectl apply --validate=strict`:
-  a typo in a Canary field would otherwise be dropped silently and the rollout would run with defaults.
+* Custom resources are checked against CustomResourceDefinitions handed to the registry: the CRDs the
+  platform's Helm releases install, rendered by Helm from the vendored charts at their pinned versions
+  (infra/helm.py). Their structural schemas are translated to JSON Schema 2020-12 with unknown fields as
+  errors wherever the API server would prune them, like `kubectl apply --validate=strict`: a typo in a
+  Canary field would otherwise be dropped silently and the rollout would run with defaults. CEL rules
+  (x-kubernetes-validations) are evaluated for the subset of CEL the CRDs use.
 * Every object also gets the API server's metadata checks (name, namespace, label and annotation syntax).
 
-Usage from a test (pytest puts tests/ on sys.path because tests/ has no __init__.py):
+Usage:
 
-    from k8s_schema import crd_kinds, validate_objects
-    assert validate_objects(rendered_objects) == []
+    from infra.verify.k8s_schema import SchemaRegistry, validate_objects
+    assert validate_objects(objects) == []            # CRDs of the pinned charts with their defaults
+    SchemaRegistry(crds).validate_object(obj)          # CRDs of one render
 
 Errors read `<kind>/<name>: <path>: <message>`, e.g.
 `Canary/fraud-detector: spec.analysis.stepWieght: unknown field (did you mean 'stepWeight'?)`.
@@ -22,25 +25,16 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import hashlib
 import importlib.resources
 import json
 import math
-import os
-import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Kubernetes release whose built-in API schemas we validate against; must be one kubernetes_validate ships.
 KUBERNETES_VERSION = "1.31.0"
-CRD_DIR = Path(__file__).resolve().parent / "crds"
-# Bump when the cached CRD payload (see _parse_crd_file) changes shape.
-_CACHE_FORMAT = 1
-_CACHE_DIR_ENV = "K8S_SCHEMA_CACHE_DIR"
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL)
@@ -59,13 +53,32 @@ _NAME_RULES_BY_KIND = {
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"): "path-segment",
 }
 # Built-in kinds that are cluster-scoped: the API server rejects metadata.namespace on them.
-_CLUSTER_SCOPED_BUILTIN_KINDS = frozenset({
-    "APIService", "CertificateSigningRequest", "ClusterRole", "ClusterRoleBinding", "ComponentStatus",
-    "CSIDriver", "CSINode", "CustomResourceDefinition", "FlowSchema", "IngressClass",
-    "MutatingWebhookConfiguration", "Namespace", "Node", "PersistentVolume", "PriorityClass",
-    "PriorityLevelConfiguration", "RuntimeClass", "StorageClass", "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionPolicyBinding", "ValidatingWebhookConfiguration", "VolumeAttachment",
-})
+_CLUSTER_SCOPED_BUILTIN_KINDS = frozenset(
+    {
+        "APIService",
+        "CertificateSigningRequest",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ComponentStatus",
+        "CSIDriver",
+        "CSINode",
+        "CustomResourceDefinition",
+        "FlowSchema",
+        "IngressClass",
+        "MutatingWebhookConfiguration",
+        "Namespace",
+        "Node",
+        "PersistentVolume",
+        "PriorityClass",
+        "PriorityLevelConfiguration",
+        "RuntimeClass",
+        "StorageClass",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingWebhookConfiguration",
+        "VolumeAttachment",
+    }
+)
 _OBJECT_META_DEF = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
@@ -74,37 +87,47 @@ _OBJECT_META_DEF = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
 class SchemaRegistry:
-    """Validates Kubernetes objects offline. Loads schemas lazily, once per kind, and caches parsed CRDs.
+    """Validates Kubernetes objects offline against the built-ins and the CRDs it is given.
 
-    Parsing the multi-MB CRD YAML files is the slow part, so each file's parsed (description-stripped)
-    schemas are pickled into `cache_dir`, keyed by the file's sha256; a file is only unpickled when one
-    of its kinds is validated.
+    Schemas are translated lazily, once per kind and version. When two CRDs define the same kind, the
+    first wins and the pair is listed in ``duplicate_crds`` (``fraudctl verify`` reports those).
     """
 
     def __init__(
         self,
-        crd_dir: Path = CRD_DIR,
+        crds: Iterable[Mapping[str, Any]],
         kubernetes_version: str = KUBERNETES_VERSION,
-        cache_dir: Path | None = None,
+        crd_source: str = "the given CRDs",
     ) -> None:
-        self.crd_dir = Path(crd_dir)
         self.kubernetes_version = kubernetes_version
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        self.crd_source = crd_source
         # (rule, reason) of CEL rules not evaluated; filled as kinds are loaded (see _compile_cel_rules).
         self.skipped_cel_rules: list[tuple[str, str, str]] = []
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self._crd_files = [_CrdFile(path) for path in sorted(self.crd_dir.rglob("*.yaml"))]
-        if not self._crd_files:
-            raise FileNotFoundError(f"no CRD files (*.yaml) under {self.crd_dir}")
-        self._crd_index: dict[tuple[str, str], _CrdIndexEntry] | None = None
+        self.duplicate_crds: list[tuple[str, str]] = []
+        self._crd_index: dict[tuple[str, str], _CrdIndexEntry] = {}
+        for crd in crds:
+            self._add_crd(crd)
         self._crd_schemas: dict[tuple[str, str, str], _CustomKind] = {}
         self._builtins: _BuiltinSchemas | None = None
+
+    def _add_crd(self, crd: Mapping[str, Any]) -> None:
+        if crd.get("apiVersion") != "apiextensions.k8s.io/v1" or crd.get("kind") != "CustomResourceDefinition":
+            raise ValueError(
+                f"expected an apiextensions.k8s.io/v1 CustomResourceDefinition, got "
+                f"{crd.get('apiVersion')} {crd.get('kind')}"
+            )
+        spec = crd["spec"]
+        key = (spec["group"], spec["names"]["kind"])
+        if key in self._crd_index:
+            self.duplicate_crds.append(key)
+            return
+        versions = {v["name"]: bool(v.get("served")) for v in spec["versions"]}
+        self._crd_index[key] = _CrdIndexEntry(crd, spec["scope"], versions)
 
     # ---- lookups
 
     def crd_kinds(self) -> set[tuple[str, str]]:
-        """(group, kind) of every custom resource kind that has a CRD under crd_dir."""
+        """(group, kind) of every custom resource kind the registry has a CRD for."""
         return set(self._index())
 
     def served_versions(self, group: str, kind: str) -> list[str]:
@@ -181,8 +204,9 @@ class SchemaRegistry:
         problems = list(_schema_problems(custom.validator, obj))
         metadata = obj.get("metadata")
         if isinstance(metadata, dict):
-            problems.extend(_schema_problems(self._builtin_schemas().validator(_OBJECT_META_DEF), metadata,
-                                             prefix=("metadata",)))
+            problems.extend(
+                _schema_problems(self._builtin_schemas().validator(_OBJECT_META_DEF), metadata, prefix=("metadata",))
+            )
         if not problems and custom.has_cel:
             # Only on schema-valid objects, so rules see the types they were written for.
             problems.extend(_cel_problems(custom.schema, obj, ()))
@@ -195,11 +219,12 @@ class SchemaRegistry:
             kinds_in_group = sorted(k for g, k in index if g == group)
             if kinds_in_group:
                 hint = _did_you_mean(kind, kinds_in_group)
-                return ("kind",), (f"unknown kind {kind!r} in API group {group!r}{hint}; kinds with a CRD: "
-                                   f"{', '.join(kinds_in_group)}")
+                return ("kind",), (
+                    f"unknown kind {kind!r} in API group {group!r}{hint}; kinds with a CRD: {', '.join(kinds_in_group)}"
+                )
             groups = sorted({g for g, _ in index})
             return ("apiVersion",), (
-                f"no built-in API group and no CRD under {self.crd_dir.name}/ for {group or 'core'!r} "
+                f"no built-in API group and no CRD in {self.crd_source} for {group or 'core'!r} "
                 f"(kind {kind}); CRD groups: {', '.join(groups)}"
             )
         served = [v for v, is_served in entry.versions.items() if is_served]
@@ -211,8 +236,7 @@ class SchemaRegistry:
             )
         key = (group, version, kind)
         if key not in self._crd_schemas:
-            crd = entry.crd_file.payload(self)[entry.doc_index]
-            raw_schema = crd["schemas"][version]
+            raw_schema = _crd_schema(entry.crd, version)
             self._crd_schemas[key] = _CustomKind(
                 schema=raw_schema,
                 validator=_LAZY.crd(_translate(raw_schema, root=True), format_checker=_formats()),
@@ -236,15 +260,6 @@ class SchemaRegistry:
         return found
 
     def _index(self) -> dict[tuple[str, str], _CrdIndexEntry]:
-        if self._crd_index is None:
-            index: dict[tuple[str, str], _CrdIndexEntry] = {}
-            for crd_file in self._crd_files:
-                for doc_index, (group, kind, scope, versions) in enumerate(crd_file.index(self)):
-                    if (group, kind) in index:
-                        other = index[(group, kind)].crd_file.path
-                        raise ValueError(f"CRD for {group}/{kind} is defined twice: {other} and {crd_file.path}")
-                    index[(group, kind)] = _CrdIndexEntry(crd_file, doc_index, scope, versions)
-            self._crd_index = index
         return self._crd_index
 
     def _builtin_schemas(self) -> _BuiltinSchemas:
@@ -255,8 +270,10 @@ class SchemaRegistry:
 
 @functools.cache
 def default_registry() -> SchemaRegistry:
-    """One registry per process (schemas are loaded once, lazily)."""
-    return SchemaRegistry()
+    """One registry per process: the CRDs every pinned chart installs with its default values."""
+    from infra.helm import pinned_chart_crds
+
+    return SchemaRegistry(pinned_chart_crds(), crd_source="the pinned charts")
 
 
 def validate_object(obj: Any) -> list[str]:
@@ -272,7 +289,7 @@ def crd_kinds() -> set[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# CRD files, index and pickle cache
+# CRD index
 
 
 @dataclass
@@ -285,93 +302,20 @@ class _CustomKind:
 
 @dataclass
 class _CrdIndexEntry:
-    crd_file: _CrdFile
-    doc_index: int
+    crd: Mapping[str, Any]
     scope: str
     versions: dict[str, bool]  # version -> served
 
 
-@dataclass
-class _CrdFile:
-    path: Path
-    _index: list[tuple[str, str, str, dict[str, bool]]] | None = field(default=None, repr=False)
-    _payload: list[dict] | None = field(default=None, repr=False)
-
-    def index(self, registry: SchemaRegistry) -> list[tuple[str, str, str, dict[str, bool]]]:
-        if self._index is None:
-            self._load(registry, want_payload=False)
-        assert self._index is not None
-        return self._index
-
-    def payload(self, registry: SchemaRegistry) -> list[dict]:
-        if self._payload is None:
-            self._load(registry, want_payload=True)
-        assert self._payload is not None
-        return self._payload
-
-    def _load(self, registry: SchemaRegistry, want_payload: bool) -> None:
-        data = self.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        cache_file = registry.cache_dir / f"{digest}.v{_CACHE_FORMAT}.pickle"
-        try:
-            # The index and the payload are two pickles in one file, so the index loads without the payload.
-            with cache_file.open("rb") as f:
-                index = pickle.load(f)
-                payload = pickle.load(f) if want_payload else None
-            registry.cache_hits += 1
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
-            registry.cache_misses += 1
-            index, payload = _parse_crd_file(self.path, data)
-            _write_cache(cache_file, index, payload)
-        self._index = index
-        if payload is not None:
-            self._payload = payload
-
-
-def _parse_crd_file(path: Path, data: bytes) -> tuple[list, list[dict]]:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster on multi-MB files
-    index: list[tuple[str, str, str, dict[str, bool]]] = []
-    payload: list[dict] = []
-    for doc in yaml.load_all(data, Loader=loader):
-        if not doc:
-            continue
-        if doc.get("apiVersion") != "apiextensions.k8s.io/v1" or doc.get("kind") != "CustomResourceDefinition":
-            raise ValueError(f"{path}: expected only apiextensions.k8s.io/v1 CustomResourceDefinition documents, "
-                             f"found {doc.get('apiVersion')} {doc.get('kind')}")
-        spec = doc["spec"]
-        versions = {v["name"]: bool(v.get("served")) for v in spec["versions"]}
-        schemas = {}
-        for v in spec["versions"]:
+def _crd_schema(crd: Mapping[str, Any], version: str) -> dict:
+    for v in crd["spec"]["versions"]:
+        if v["name"] == version:
             schema = (v.get("schema") or {}).get("openAPIV3Schema")
             # A version without a schema accepts anything the API server would keep: nothing is pruned.
-            schemas[v["name"]] = _strip_descriptions(schema) if schema else {
-                "type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        index.append((spec["group"], spec["names"]["kind"], spec["scope"], versions))
-        payload.append({"schemas": schemas})
-    return index, payload
-
-
-def _write_cache(cache_file: Path, index: list, payload: list[dict]) -> None:
-    try:
-        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if cache_file.parent.stat().st_uid != os.getuid():
-            return  # never trust (or feed) pickles in a directory someone else owns
-        fd, tmp_name = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp_name, cache_file)  # atomic: parallel test workers never see half a file
-    except OSError:
-        pass  # the cache is an optimisation only
-
-
-def _default_cache_dir() -> Path:
-    configured = os.environ.get(_CACHE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(tempfile.gettempdir()) / f"k8s-schema-cache-{os.getuid()}"
+            if not schema:
+                return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            return _strip_descriptions(schema)
+    raise KeyError(version)
 
 
 def _strip_descriptions(node: dict) -> dict:
@@ -402,8 +346,22 @@ def _translate(node: dict, root: bool = False, structural: bool = True) -> dict:
     these fields is required") over fields declared outside them, so they must not forbid other fields.
     """
     out: dict[str, Any] = {}
-    for key in ("enum", "pattern", "minLength", "maxLength", "minimum", "maximum", "multipleOf",
-                "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "required", "format"):
+    for key in (
+        "enum",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "multipleOf",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "required",
+        "format",
+    ):
         if key in node:
             out[key] = node[key]
     # OpenAPI 3.0 spells exclusive bounds as booleans next to minimum/maximum.
@@ -475,8 +433,11 @@ def _list_map_keys(validator: Any, keys: list[str], instance: Any, schema: dict)
         key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
         if key in seen:
             described = ", ".join(f"{k}={item.get(k)!r}" for k in keys)
-            yield ValidationError(f"duplicate entry ({described}) also at index {seen[key]}; entries of this "
-                                  f"list must be unique by {', '.join(keys)}", path=[position])
+            yield ValidationError(
+                f"duplicate entry ({described}) also at index {seen[key]}; entries of this "
+                f"list must be unique by {', '.join(keys)}",
+                path=[position],
+            )
         else:
             seen[key] = position
 
@@ -496,7 +457,8 @@ class _LazyValidatorClass:
 
         # JSON Schema counts 2.0 as an integer; the API server's JSON decoding does not.
         strict_types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-            "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+            "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+        )
         return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict_types)
 
     @functools.cached_property
@@ -546,11 +508,14 @@ class _BuiltinSchemas:
         prefix = f"{group}/" if group else ""
         versions = sorted(f"{prefix}{v}" for g, v, k in self.kinds if g == group and k == kind)
         if versions:
-            return ("apiVersion",), (f"{prefix}{version} {kind} does not exist in Kubernetes {k8s_version}; "
-                                     f"available: {', '.join(versions)}")
+            return ("apiVersion",), (
+                f"{prefix}{version} {kind} does not exist in Kubernetes {k8s_version}; available: {', '.join(versions)}"
+            )
         kinds = sorted({k for g, _, k in self.kinds if g == group and not k.endswith("List")})
-        return ("kind",), (f"unknown kind {kind!r} in built-in API group {group or 'core'!r} (Kubernetes "
-                           f"{k8s_version}){_did_you_mean(kind, kinds)}")
+        return ("kind",), (
+            f"unknown kind {kind!r} in built-in API group {group or 'core'!r} (Kubernetes "
+            f"{k8s_version}){_did_you_mean(kind, kinds)}"
+        )
 
 
 def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
@@ -559,8 +524,9 @@ def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
 
     shipped = sorted(set(kubernetes_validate.utils.all_versions()))
     if k8s_version not in shipped:
-        raise ValueError(f"kubernetes_validate does not ship schemas for Kubernetes {k8s_version}; "
-                         f"it ships {', '.join(shipped)}")
+        raise ValueError(
+            f"kubernetes_validate does not ship schemas for Kubernetes {k8s_version}; it ships {', '.join(shipped)}"
+        )
     # Read the package's schema directory directly: its validate() re-reads the 1.3 MB definitions file
     # on every call and stops at the first error; we want all errors, fast.
     schema_dir = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema"
@@ -575,8 +541,7 @@ def _load_builtin_schemas(k8s_version: str) -> _BuiltinSchemas:
             kinds[(gvk["group"], gvk["version"], gvk["kind"])] = name
 
     def make_validator(def_name: str) -> Any:
-        return _LAZY.builtin({"$ref": f"{base_uri}#/$defs/{def_name}"}, registry=registry,
-                                               format_checker=_formats())
+        return _LAZY.builtin({"$ref": f"{base_uri}#/$defs/{def_name}"}, registry=registry, format_checker=_formats())
 
     return _BuiltinSchemas(kinds=kinds, make_validator=make_validator)
 
@@ -596,8 +561,7 @@ def _explain(error: Any, path: tuple) -> list[tuple[tuple, str]]:
     kind, value, instance, schema = error.validator, error.validator_value, error.instance, error.schema
     if kind == "additionalProperties" and value is False and isinstance(instance, dict):
         known = sorted(schema.get("properties", {}))
-        return [((*path, extra), _unknown_field_message(extra, known))
-                for extra in sorted(set(instance) - set(known))]
+        return [((*path, extra), _unknown_field_message(extra, known)) for extra in sorted(set(instance) - set(known))]
     if kind == "required" and isinstance(instance, dict):
         return [((*path, name), "required field is missing") for name in value if name not in instance]
     if kind == "type":
@@ -666,8 +630,12 @@ def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
 def _metadata_problems(obj: dict, group: str, kind: str, cluster_scoped: bool) -> list[tuple[tuple, str]]:
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
-        return [(("metadata",), "required field is missing" if metadata is None else
-                 f"expected object, got {_json_type(metadata)}")]
+        return [
+            (
+                ("metadata",),
+                "required field is missing" if metadata is None else f"expected object, got {_json_type(metadata)}",
+            )
+        ]
     problems: list[tuple[tuple, str]] = []
     name = metadata.get("name")
     if not name:
@@ -717,17 +685,23 @@ def _name_problem(name: str, rule: str) -> str | None:
         return None
     if rule == "label":
         if len(name) > 63 or not _DNS1123_LABEL_RE.fullmatch(name):
-            return (f"{name!r} is not a valid DNS-1123 label (at most 63 characters: lowercase letters, digits "
-                    "and '-', starting and ending with a letter or digit)")
+            return (
+                f"{name!r} is not a valid DNS-1123 label (at most 63 characters: lowercase letters, digits "
+                "and '-', starting and ending with a letter or digit)"
+            )
         return None
     if rule == "dns1035":
         if len(name) > 63 or not _DNS1035_LABEL_RE.fullmatch(name):
-            return (f"{name!r} is not a valid DNS-1035 label (at most 63 characters: lowercase letters, digits "
-                    "and '-', starting with a letter and ending with a letter or digit)")
+            return (
+                f"{name!r} is not a valid DNS-1035 label (at most 63 characters: lowercase letters, digits "
+                "and '-', starting with a letter and ending with a letter or digit)"
+            )
         return None
     if len(name) > 253 or not _DNS1123_SUBDOMAIN_RE.fullmatch(name):
-        return (f"{name!r} is not a valid DNS-1123 subdomain (at most 253 characters: lowercase letters, digits, "
-                "'-' and '.', starting and ending with a letter or digit)")
+        return (
+            f"{name!r} is not a valid DNS-1123 subdomain (at most 253 characters: lowercase letters, digits, "
+            "'-' and '.', starting and ending with a letter or digit)"
+        )
     return None
 
 
@@ -739,15 +713,19 @@ def _qualified_name_problem(key: str) -> str | None:
         if len(prefix) > 253 or not _DNS1123_SUBDOMAIN_RE.fullmatch(prefix):
             return f"prefix {prefix!r} of {key!r} is not a valid DNS-1123 subdomain"
     if not name or len(name) > 63 or not _QUALIFIED_NAME_PART_RE.fullmatch(name):
-        return (f"name part {name!r} of {key!r} must be 1-63 characters of letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit")
+        return (
+            f"name part {name!r} of {key!r} must be 1-63 characters of letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
     return None
 
 
 def _label_value_problem(value: str) -> str | None:
     if value and (len(value) > 63 or not _QUALIFIED_NAME_PART_RE.fullmatch(value)):
-        return ("a label value must be empty or 1-63 characters of letters, digits, '-', '_' or '.', starting "
-                "and ending with a letter or digit")
+        return (
+            "a label value must be empty or 1-63 characters of letters, digits, '-', '_' or '.', starting "
+            "and ending with a letter or digit"
+        )
     return None
 
 
@@ -791,13 +769,16 @@ class _CelEvalError(Exception):
     pass
 
 
-_CEL_TOKEN_RE = re.compile(r"""
+_CEL_TOKEN_RE = re.compile(
+    r"""
     \s*(?:
       (?P<num>\d+\.\d+|\d+)
     | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<op>==|!=|<=|>=|&&|\|\||[<>!?:+\-*/%()\[\],.])
-    )""", re.VERBOSE)
+    )""",
+    re.VERBOSE,
+)
 _CEL_MACROS = ("all", "exists", "exists_one")
 _CEL_METHODS = ("contains", "startsWith", "endsWith", "matches", "size")
 _GO_DURATION_RE = re.compile(r"([-+]?)((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|ms|s|m|h))+|0)")
@@ -861,7 +842,7 @@ def _compile_cel(source: str) -> tuple:
     while position < len(source_stripped):
         match = _CEL_TOKEN_RE.match(source_stripped, position)
         if not match or match.end() == position:
-            raise _CelUnsupportedError(f"cannot read {source_stripped[position:position + 20]!r}")
+            raise _CelUnsupportedError(f"cannot read {source_stripped[position : position + 20]!r}")
         kind = match.lastgroup
         assert kind is not None
         tokens.append((kind, match.group(kind)))
@@ -1081,8 +1062,7 @@ def _cel_operator(op: str, left_node: tuple, right_node: tuple, env: dict[str, A
             raise _CelEvalError(f"'in' on {_json_type(right)}")
         return left in right
     if op in ("<", "<=", ">", ">="):
-        comparable = (isinstance(left, str) and isinstance(right, str)) or (
-            _is_number(left) and _is_number(right))
+        comparable = (isinstance(left, str) and isinstance(right, str)) or (_is_number(left) and _is_number(right))
         if not comparable:
             raise _CelEvalError(f"cannot compare {_json_type(left)} with {_json_type(right)}")
         return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
@@ -1261,3 +1241,8 @@ def _truncate(text: str, limit: int = 200) -> str:
 
 def _or(types: Sequence[str]) -> str:
     return " or ".join(types)
+
+
+def cluster_scoped_builtin(group: str, kind: str) -> bool:
+    """Whether a built-in kind (core or a *.k8s.io group) is cluster-scoped."""
+    return kind in _CLUSTER_SCOPED_BUILTIN_KINDS and (group == "" or group.endswith("k8s.io"))

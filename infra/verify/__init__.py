@@ -1,0 +1,1 @@
+"""``fraudctl verify``: the platform rendered and checked as one system (see :mod:`infra.verify.checks`)."""

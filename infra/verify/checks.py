@@ -1,0 +1,594 @@
+"""``fraudctl verify``: render a stack and check each region's platform as one system.
+
+The objects are ours (the program, GitOps-delivered ones included) and everything every Helm release
+creates as Helm renders it from the vendored chart with our values (infra/helm.py). Each check returns
+how many things it looked at and every failure; a region passes when every check does.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.verify import metrics
+from infra.verify.k8s_schema import SchemaRegistry
+from infra.verify.platform import (
+    CLUSTER_OWNED_NAMESPACE,
+    Platform,
+    PlatformObject,
+    PodTemplate,
+    cluster_baseline,
+    selector_matches,
+)
+
+# ClusterRoles every cluster has (the API server's bootstrap policy).
+BOOTSTRAP_CLUSTER_ROLES = frozenset({"cluster-admin", "admin", "edit", "view"})
+# Registries that publish test builds, never releases.
+TESTING_REGISTRIES = ("gcr.io/istio-testing", "localhost/", "localhost:")
+DASHBOARD_LABEL = "grafana_dashboard"
+DEFAULT_INGRESS_CLASS = "ingressclass.kubernetes.io/is-default-class"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    title: str
+    checked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, message: str) -> None:
+        if message not in self.failures:  # a query naming a metric twice fails once
+            self.failures.append(message)
+
+
+Check = Callable[[Platform], CheckResult]
+CHECKS: dict[str, tuple[str, Check]] = {}
+
+
+def check(name: str, title: str) -> Callable[[Callable[[Platform, CheckResult], None]], Check]:
+    def register(body: Callable[[Platform, CheckResult], None]) -> Check:
+        def run(platform: Platform) -> CheckResult:
+            result = CheckResult(name, title)
+            body(platform, result)
+            return result
+
+        CHECKS[name] = (title, run)
+        return run
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the platform of a region
+
+
+def platform_of(result: Any, region: str) -> Platform:
+    """Region ``region`` of a RenderResult (infra/render.py) as a Platform."""
+    objects = list(cluster_baseline())
+    objects += [PlatformObject(obj, origin, source) for obj, origin, source in result.delivered_objects(region)]
+    releases = result.helm_renders(region)
+    for release in releases:
+        objects += [PlatformObject(o.obj, f"helm:{release.name}", o.source) for o in release.objects()]
+    crds = [o.obj for o in objects if o.kind == "CustomResourceDefinition"]
+    registry = SchemaRegistry(crds, crd_source=f"the releases of region {region}")
+    return Platform(region, objects, registry, releases)
+
+
+def run_checks(platform: Platform, only: list[str] | None = None) -> list[CheckResult]:
+    return [run(platform) for name, (_title, run) in CHECKS.items() if only is None or name in only]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Renders, CRDs, identities, schemas, namespaces
+
+
+@check("renders", "every Helm release renders from its vendored chart")
+def _renders(platform: Platform, result: CheckResult) -> None:
+    for release in platform.releases:
+        result.checked += 1
+        if release.error:
+            result.fail(f"release {release.name}: {release.error}")
+
+
+@check("crds-once", "every CRD is installed exactly once across all releases")
+def _crds_once(platform: Platform, result: CheckResult) -> None:
+    sources: dict[str, list[str]] = defaultdict(list)
+    for item in platform.of_kind("CustomResourceDefinition"):
+        sources[item.name].append(f"{item.origin} {item.source}")
+    for name, where in sorted(sources.items()):
+        result.checked += 1
+        if len(where) > 1:
+            result.fail(f"{name} is installed {len(where)} times: {'; '.join(where)}")
+
+
+@check("unique", "no two objects (ours or any release's) claim the same identity")
+def _unique(platform: Platform, result: CheckResult) -> None:
+    seen: dict[tuple[str, str, str, str], list[PlatformObject]] = defaultdict(list)
+    for item in platform.objects:
+        if item.kind != "CustomResourceDefinition":  # crds-once reports those
+            seen[(item.group, item.kind, item.namespace, item.name)].append(item)
+    for items in seen.values():
+        result.checked += 1
+        if len(items) > 1:
+            result.fail(f"{items[0].ref.rsplit(' (', 1)[0]} is created by {', '.join(i.origin for i in items)}")
+
+
+@check("schemas", "every object validates: built-ins for Kubernetes 1.31, custom resources at their pinned CRD")
+def _schemas(platform: Platform, result: CheckResult) -> None:
+    for item in platform.objects:
+        result.checked += 1
+        for error in platform.registry.validate_object(item.obj):
+            result.fail(f"{error} [{item.origin}]")
+
+
+@check("namespaces", "every namespace an object or release lives in is created by someone")
+def _namespaces(platform: Platform, result: CheckResult) -> None:
+    existing = platform.namespaces()
+    for item in platform.objects:
+        if item.namespace:
+            result.checked += 1
+            if item.namespace not in existing:
+                result.fail(f"{item.ref}: namespace {item.namespace} is created by nobody")
+    for release in platform.releases:
+        result.checked += 1
+        if release.namespace not in existing:
+            result.fail(f"release {release.name}: namespace {release.namespace} is created by nobody")
+
+
+# ---------------------------------------------------------------------------------------------------
+# References
+
+
+def _external(namespace: str) -> bool:
+    return namespace == CLUSTER_OWNED_NAMESPACE
+
+
+def _secrets_created_by_hooks(platform: Platform) -> dict[tuple[str, str], set[str]]:
+    """Secrets (and their keys) that a chart's hook Job creates at install, by the command it runs:
+
+    * ``kube-webhook-certgen create --secret-name=X`` (kube-prometheus-stack's admission webhook Job):
+      keys ca, cert, key;
+    * ``argocd admin redis-initial-password`` (argo-cd's redis-secret-init pre-install Job): Secret
+      ``argocd-redis`` with key ``auth`` (argoproj/argo-cd ``cmd/argocd/commands/admin/
+      redis_initial_password.go``, read at commit 295eab30 on the v2 line the chart's v2.13.2 image is on).
+    """
+    created: dict[tuple[str, str], set[str]] = {}
+    for template in platform.pod_templates():
+        for container in template.containers():
+            args = [str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+            if "create" in args:
+                for arg in args:
+                    if arg.startswith("--secret-name="):
+                        created[(template.namespace, arg.split("=", 1)[1])] = {"ca", "cert", "key"}
+            if "admin" in args and "redis-initial-password" in args:
+                created[(template.namespace, "argocd-redis")] = {"auth"}
+    return created
+
+
+def _data_keys(item: PlatformObject) -> set[str]:
+    return {*(item.obj.get("data") or {}), *(item.obj.get("stringData") or {}), *(item.obj.get("binaryData") or {})}
+
+
+class _References:
+    def __init__(self, platform: Platform, result: CheckResult) -> None:
+        self.platform, self.result = platform, result
+        self.hook_secrets = _secrets_created_by_hooks(platform)
+
+    def need(self, owner: Any, what: str, ok: bool) -> None:
+        self.result.checked += 1
+        if not ok:
+            self.result.fail(f"{owner.ref}: {what}")
+
+    def obj(self, owner: Any, kind: str, namespace: str, name: str, key: str | None = None, optional: bool = False):
+        if optional or _external(namespace):
+            return
+        found = self.platform.find(kind, namespace, name)
+        if kind == "Secret" and not found and (namespace, name) in self.hook_secrets:
+            keys = self.hook_secrets[(namespace, name)]
+            what = f"Secret {namespace}/{name} (created by a hook Job) has no key {key!r}"
+            self.need(owner, what, key is None or key in keys)
+            return
+        if kind == "ServiceAccount" and name == "default":
+            return
+        if not found:
+            self.need(owner, f"{kind} {namespace}/{name} does not exist", False)
+        elif key is not None and found[0].kind in ("Secret", "ConfigMap"):
+            self.need(owner, f"{kind} {namespace}/{name} has no key {key!r}", key in _data_keys(found[0]))
+        else:
+            self.need(owner, "", True)
+
+    def pods(self, owner: Any, namespace: str, selector: Any, what: str) -> list[PodTemplate]:
+        if _external(namespace):
+            return []
+        pods = self.platform.pods_selected(namespace, selector)
+        self.need(owner, f"{what} {json.dumps(selector, sort_keys=True)} selects no pods in {namespace}", bool(pods))
+        return pods
+
+
+@check(
+    "references",
+    "every selector and reference resolves (Services, monitors, ingresses, targets, keys, accounts, roles)",
+)
+def _references(platform: Platform, result: CheckResult) -> None:
+    refs = _References(platform, result)
+    for svc in platform.of_kind("Service"):
+        if svc.spec.get("selector") and svc.spec.get("type") != "ExternalName":
+            refs.pods(svc, svc.namespace, svc.spec["selector"], "selector")
+    for monitor in platform.of_kind("ServiceMonitor"):
+        _service_monitor(platform, refs, monitor)
+    for monitor in platform.of_kind("PodMonitor"):
+        ns_selector = monitor.spec.get("namespaceSelector") or {}
+        for ns in ns_selector.get("matchNames") or [monitor.namespace]:
+            pods = refs.pods(monitor, ns, monitor.spec.get("selector") or {}, "selector")
+            for endpoint in monitor.spec.get("podMetricsEndpoints") or []:
+                if endpoint.get("port") and pods:
+                    names = {p.get("name") for t in pods for c in t.containers() for p in c.get("ports") or []}
+                    refs.need(
+                        monitor, f"no selected pod has a port named {endpoint['port']!r}", endpoint["port"] in names
+                    )
+    for pdb in platform.of_kind("PodDisruptionBudget"):
+        refs.pods(pdb, pdb.namespace, pdb.spec.get("selector") or {}, "selector")
+    for policy in platform.of_kind("NetworkPolicy"):
+        selector = policy.spec.get("podSelector") or {}
+        if selector.get("matchLabels") or selector.get("matchExpressions"):
+            refs.pods(policy, policy.namespace, selector, "podSelector")
+    for hpa in platform.of_kind("HorizontalPodAutoscaler"):
+        target = hpa.spec.get("scaleTargetRef") or {}
+        refs.obj(hpa, target.get("kind", ""), hpa.namespace, target.get("name", ""))
+    for ingress in platform.of_kind("Ingress"):
+        _ingress_references(platform, refs, ingress)
+    _flagger_references(refs, platform)
+    _argo_references(refs, platform)
+    for template in platform.pod_templates():
+        _pod_references(refs, template)
+    for binding in platform.of_kind("RoleBinding", "ClusterRoleBinding"):
+        _binding_references(refs, binding)
+
+
+def _service_monitor(platform: Platform, refs: _References, monitor: PlatformObject) -> None:
+    ns_selector = monitor.spec.get("namespaceSelector") or {}
+    namespaces = None if ns_selector.get("any") else set(ns_selector.get("matchNames") or [monitor.namespace])
+    if namespaces is not None and all(_external(n) for n in namespaces):
+        return
+    services = [
+        s
+        for s in platform.of_kind("Service")
+        if (namespaces is None or s.namespace in namespaces)
+        and selector_matches(monitor.spec.get("selector") or {}, s.labels)
+    ]
+    refs.need(
+        monitor,
+        f"selector {json.dumps(monitor.spec.get('selector'), sort_keys=True)} matches no Service in "
+        f"{', '.join(sorted(namespaces)) if namespaces else 'any namespace'}",
+        bool(services),
+    )
+    for endpoint in monitor.spec.get("endpoints") or []:
+        port = endpoint.get("port")
+        if port and services:
+            names = {p.get("name") for s in services for p in s.spec.get("ports") or []}
+            refs.need(
+                monitor,
+                f"no selected Service has a port named {port!r} (they have {sorted(map(str, names))})",
+                port in names,
+            )
+
+
+def _ingress_references(platform: Platform, refs: _References, ingress: PlatformObject) -> None:
+    """An Ingress needs a controller: its IngressClass (or a default one) in the platform, and backends."""
+    classes = platform.of_kind("IngressClass")
+    wanted = ingress.spec.get("ingressClassName") or ingress.metadata.get("annotations", {}).get(
+        "kubernetes.io/ingress.class"
+    )
+    if wanted:
+        refs.need(
+            ingress,
+            f"IngressClass {wanted} does not exist: no ingress controller in the platform serves it",
+            any(c.name == wanted for c in classes),
+        )
+    else:
+        default = [c for c in classes if c.metadata.get("annotations", {}).get(DEFAULT_INGRESS_CLASS) == "true"]
+        refs.need(
+            ingress,
+            "has no ingressClassName and the platform has no default IngressClass: no ingress controller serves it",
+            bool(default),
+        )
+    backends = [ingress.spec.get("defaultBackend")]
+    backends += [
+        p.get("backend")
+        for rule in ingress.spec.get("rules") or []
+        for p in (rule.get("http") or {}).get("paths") or []
+    ]
+    for backend in filter(None, backends):
+        service = backend.get("service")
+        if not service:
+            continue
+        found = platform.find("Service", ingress.namespace, service.get("name", ""))
+        refs.need(ingress, f"backend Service {ingress.namespace}/{service.get('name')} does not exist", bool(found))
+        port = service.get("port") or {}
+        if found:
+            ports = found[0].spec.get("ports") or []
+            ok = any(
+                port.get("number") == p.get("port") or (port.get("name") and port.get("name") == p.get("name"))
+                for p in ports
+            )
+            refs.need(ingress, f"backend Service {ingress.namespace}/{service.get('name')} has no port {port}", ok)
+
+
+def _flagger_references(refs: _References, platform: Platform) -> None:
+    for canary in platform.of_kind("Canary"):
+        ns = canary.namespace
+        for key in ("targetRef", "autoscalerRef"):
+            target = canary.spec.get(key)
+            if target:
+                refs.obj(canary, target.get("kind", ""), ns, target.get("name", ""))
+        analysis = canary.spec.get("analysis") or {}
+        for metric in analysis.get("metrics") or []:
+            ref = metric.get("templateRef")
+            if ref:
+                refs.obj(canary, "MetricTemplate", ref.get("namespace") or ns, ref.get("name", ""))
+        for alert in analysis.get("alerts") or []:
+            ref = alert.get("providerRef") or {}
+            refs.obj(canary, "AlertProvider", ref.get("namespace") or ns, ref.get("name", ""))
+    for provider in platform.of_kind("AlertProvider"):
+        ref = provider.spec.get("secretRef")
+        if ref:
+            # Flagger reads the webhook from the Secret's `address` key (pkg/controller/events.go, v1.40.0).
+            refs.obj(provider, "Secret", provider.namespace, ref.get("name", ""), key="address")
+
+
+def _argo_references(refs: _References, platform: Platform) -> None:
+    for rollout in platform.of_kind("Rollout"):
+        ns = rollout.namespace
+        strategy = rollout.spec.get("strategy") or {}
+        blue_green, canary = strategy.get("blueGreen") or {}, strategy.get("canary") or {}
+        for key in ("activeService", "previewService"):
+            if blue_green.get(key):
+                refs.obj(rollout, "Service", ns, blue_green[key])
+        for key in ("stableService", "canaryService"):
+            if canary.get(key):
+                refs.obj(rollout, "Service", ns, canary[key])
+        analyses = [blue_green.get("prePromotionAnalysis"), blue_green.get("postPromotionAnalysis")]
+        analyses += [(step or {}).get("analysis") for step in canary.get("steps") or []]
+        for analysis in filter(None, analyses):
+            for ref in analysis.get("templates") or []:
+                if ref.get("clusterScope"):
+                    refs.obj(rollout, "ClusterAnalysisTemplate", "", ref.get("templateName", ""))
+                else:
+                    refs.obj(rollout, "AnalysisTemplate", ns, ref.get("templateName", ""))
+        workload = rollout.spec.get("workloadRef")
+        if workload:
+            refs.obj(rollout, workload.get("kind", ""), ns, workload.get("name", ""))
+
+
+def _pod_references(refs: _References, template: PodTemplate) -> None:
+    owner, ns, spec = template.owner, template.namespace, template.spec
+    refs.obj(owner, "ServiceAccount", ns, spec.get("serviceAccountName") or "default")
+    for container in template.containers():
+        for env in container.get("env") or []:
+            source = env.get("valueFrom") or {}
+            for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                ref = source.get(key)
+                if ref:
+                    refs.obj(
+                        owner, kind, ns, ref.get("name", ""), key=ref.get("key"), optional=bool(ref.get("optional"))
+                    )
+        for env_from in container.get("envFrom") or []:
+            for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+                ref = env_from.get(key)
+                if ref:
+                    refs.obj(owner, kind, ns, ref.get("name", ""), optional=bool(ref.get("optional")))
+    for volume in spec.get("volumes") or []:
+        if volume.get("secret"):
+            secret = volume["secret"]
+            refs.obj(owner, "Secret", ns, secret.get("secretName", ""), optional=bool(secret.get("optional")))
+        if volume.get("configMap"):
+            config_map = volume["configMap"]
+            refs.obj(owner, "ConfigMap", ns, config_map.get("name", ""), optional=bool(config_map.get("optional")))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            for key, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
+                ref = source.get(key)
+                if ref:
+                    refs.obj(owner, kind, ns, ref.get("name", ""), optional=bool(ref.get("optional")))
+        claim = volume.get("persistentVolumeClaim")
+        if claim:
+            refs.obj(owner, "PersistentVolumeClaim", ns, claim.get("claimName", ""))
+
+
+def _binding_references(refs: _References, binding: PlatformObject) -> None:
+    role = binding.obj.get("roleRef") or {}
+    name = role.get("name", "")
+    if role.get("kind") == "ClusterRole":
+        if name not in BOOTSTRAP_CLUSTER_ROLES and not name.startswith("system:"):
+            refs.obj(binding, "ClusterRole", "", name)
+    else:
+        refs.obj(binding, "Role", binding.namespace, name)
+    for subject in binding.obj.get("subjects") or []:
+        if subject.get("kind") == "ServiceAccount":
+            refs.obj(binding, "ServiceAccount", subject.get("namespace") or binding.namespace, subject.get("name", ""))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _queries(platform: Platform, result: CheckResult) -> Iterator[metrics.Query]:
+    for query in metrics.our_queries(platform, DASHBOARD_LABEL):
+        if isinstance(query, tuple):
+            _owner, where, problem = query
+            result.checked += 1
+            result.fail(f"{where}: {problem}")
+        else:
+            yield query
+
+
+@check("metrics", "every metric and label our queries use is exported and scraped in the platform")
+def _metrics(platform: Platform, result: CheckResult) -> None:
+    catalog = metrics.catalog()
+    targets = metrics.scrape_targets(platform)
+    for query in _queries(platform, result):
+        result.checked += 1
+        try:
+            parsed = metrics.parse_query(query.text)
+        except ValueError as error:
+            result.fail(f"{query.where}: does not parse: {error}")
+            continue
+        label_sets: dict[str, list[dict[str, str | None]]] = {}
+        for selector in parsed.selectors:
+            series = _series_of(catalog, targets, selector.metric)
+            if isinstance(series, str):
+                result.fail(f"{query.where}: {series}")
+                continue
+            label_sets[selector.metric] = series
+            for label, op, value in selector.matchers:
+                problem = _matcher_problem(selector.metric, series, label, op, value)
+                if problem:
+                    result.fail(f"{query.where}: {problem}")
+        for labels, names in parsed.groupings:
+            known = {label for name in names for s in label_sets.get(name, []) for label in s}
+            for label in labels:
+                if known and label not in known:
+                    result.fail(
+                        f"{query.where}: groups by {label!r}, which none of {', '.join(sorted(set(names)))} has"
+                    )
+
+
+def _series_of(
+    catalog: metrics.Catalog, targets: list[metrics.ScrapeTarget], name: str
+) -> list[dict[str, str | None]] | str:
+    if not name:
+        return "a selector without a metric name"
+    if name in catalog.synthetic:
+        return [{k: v for k, v in t.label_values().items()} for t in targets]
+    found = catalog.family_of(name)
+    if found is None:
+        return (
+            f"{name} is exported by nothing in the platform (not in {metrics.CATALOG_FILE.name} or serving/metrics.py)"
+        )
+    family, labels = found
+    scraped = [t for t in targets if metrics.exports(family, t)]
+    if not scraped:
+        return (
+            f"{name} ({family.source}) is not scraped: no ServiceMonitor reaches its exporter {dict(family.exporter)}"
+        )
+    return [metrics.series_labels(labels, t, catalog.conflict_prefix) for t in scraped]
+
+
+def _matcher_problem(metric: str, series: list[dict[str, str | None]], label: str, op: str, value: str) -> str | None:
+    present = [s for s in series if label in s]
+    if not present:
+        # An absent label reads as "": only a matcher that accepts "" still selects anything.
+        if metrics.matcher_holds(op, value, ""):
+            return None
+        have = sorted({k for s in series for k in s})
+        return f"{metric} has no label {label!r} (it has: {', '.join(have)})"
+    fixed = {s[label] for s in present}
+    if op == "=" and None not in fixed and value not in fixed:
+        return f"{metric}{{{label}={value!r}}} matches no series: {label} is {', '.join(sorted(map(str, fixed)))} there"
+    return None
+
+
+@check("canary-candidate", "canary checks select the candidate's pods only, never the serving version's")
+def _canary_candidate(platform: Platform, result: CheckResult) -> None:
+    catalog = metrics.catalog()
+    for query in _queries(platform, result):
+        if not query.candidate:
+            continue
+        try:
+            parsed = metrics.parse_query(query.text)
+        except ValueError:
+            continue  # the metrics check reports it
+        facts = query.candidate
+        for selector in parsed.selectors:
+            found = catalog.family_of(selector.metric)
+            if found is None or selector.metric in catalog.synthetic:
+                continue
+            version = next((v for label, op, v in selector.matchers if label == "model_version" and op == "="), "v2")
+            models = metrics.workload_series(facts, version)
+            known = set(models["candidate"])
+
+            def matches(model: dict[str, str], selector: metrics.Selector = selector, known: set[str] = known) -> bool:
+                return all(
+                    metrics.matcher_holds(op, value, model.get(label, ""))
+                    for label, op, value in selector.matchers
+                    if label in known
+                )
+
+            result.checked += 1
+            if not matches(models["candidate"]):
+                result.fail(f"{query.where}: {selector.metric} selects none of the candidate's series")
+            elif matches(models["serving"]):
+                used = [f"{label}{op}{value!r}" for label, op, value in selector.matchers if label in known]
+                result.fail(
+                    f"{query.where}: {selector.metric}{{{', '.join(used)}}} also matches the serving version's pods "
+                    f"({models['serving']['pod']}) when both carry model_version {version!r}"
+                )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+
+
+def _image_problem(image: str) -> str | None:
+    if any(image.startswith(prefix) for prefix in TESTING_REGISTRIES):
+        return "comes from a testing registry"
+    if "@sha256:" in image:
+        return None
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return "has no tag (means latest)"
+    if last.rsplit(":", 1)[1] == "latest":
+        return "is on the latest tag"
+    return None
+
+
+@check("images", "no image is on latest (or untagged) or comes from a testing registry")
+def _images(platform: Platform, result: CheckResult) -> None:
+    for template in platform.pod_templates():
+        for container in template.containers():
+            image = str(container.get("image", ""))
+            if not image or "{{" in image:
+                continue
+            result.checked += 1
+            problem = _image_problem(image)
+            if problem:
+                result.fail(f"{template.owner.ref} container {container.get('name')}: {image} {problem}")
+    # istiod injects sidecars from global.hub/global.tag (istio-sidecar-injector ConfigMap `values`).
+    for config_map in platform.of_kind("ConfigMap"):
+        if not config_map.name.startswith("istio-sidecar-injector"):
+            continue
+        values = json.loads((config_map.obj.get("data") or {}).get("values") or "{}")
+        glob = values.get("global") or {}
+        image = f"{glob.get('hub')}/{(glob.get('proxy') or {}).get('image', 'proxyv2')}:{glob.get('tag')}"
+        result.checked += 1
+        problem = _image_problem(image)
+        if problem:
+            result.fail(f"{config_map.ref}: injected sidecars run {image}, which {problem}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+
+
+def counts(results: list[CheckResult]) -> Counter[str]:
+    return Counter("pass" if r.ok else "fail" for r in results)
+
+
+def format_table(region: str, results: list[CheckResult], *, limit: int = 3, width: int = 118) -> str:
+    """One row per check (name, status, how many things it looked at), its first failures wrapped below."""
+    rows = [f"region {region}", f"  {'check':<17} {'status':<6} {'count':>6}  what"]
+    for r in results:
+        rows.append(f"  {r.name:<17} {'pass' if r.ok else 'FAIL':<6} {r.checked:>6}  {r.title}")
+        for failure in r.failures[:limit]:
+            lines = textwrap.wrap(failure, width=width - 6, break_long_words=False, break_on_hyphens=False)
+            rows += [f"      {'- ' if i == 0 else '  '}{line}" for i, line in enumerate(lines)]
+        if len(r.failures) > limit:
+            rows.append(f"      ... and {len(r.failures) - limit} more (--all-failures lists them)")
+    return "\n".join(rows)

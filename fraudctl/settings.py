@@ -12,6 +12,7 @@ section (rollout/settings.py, model/gate.py, ...); infra/config/ composes them i
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 import unicodedata
@@ -27,6 +28,8 @@ MAX_SHOWN_VALUE = 80
 MAX_PROBLEMS = 60
 MAX_PROBLEM_CHARS = 400
 Model = TypeVar("Model", bound="StrictSettings")
+# user:password@ (or token@) after a URL's "//": never quoted back.
+_URL_CREDENTIALS = re.compile(r"(?<=//)[^/@\s'\"]*@")
 # Strings longer than this are refused (no config value comes near it).
 MAX_TEXT = 4096
 _CONTROL_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x00": "NUL"}
@@ -140,8 +143,8 @@ def _scalar_kind(annotation: Any) -> str | None:
 
 
 def shown(value: Any) -> str:
-    """A value quoted in a message, bounded in size."""
-    text = repr(value)
+    """A value quoted in a message, bounded in size, with any credentials of a URL in it masked."""
+    text = _URL_CREDENTIALS.sub("***@", repr(value))
     return text if len(text) <= MAX_SHOWN_VALUE else f"{text[: MAX_SHOWN_VALUE - 15]}... ({len(text)} chars)"
 
 

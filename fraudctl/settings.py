@@ -59,7 +59,11 @@ class StrictSettings(BaseModel):
         numeric = kind in ("a whole number", "a number")
         if kind is not None and isinstance(value, bool) and not _accepts(field.annotation, bool):
             allowed = _range(cls, [info.field_name]) if numeric else None
-            hint = "a boolean" if numeric else "a boolean: quote the value in YAML"
+            hint = (
+                "a boolean"
+                if numeric
+                else "a boolean: quote the value in YAML; with `pulumi config set --path` add `--type string`"
+            )
             got = "; got" if kind.startswith("one of") else ", got"
             raise ValueError(f"must be {kind}{f' in {allowed}' if allowed else ''}{got} {value} ({hint})")
         if isinstance(value, str):

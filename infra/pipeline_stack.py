@@ -125,7 +125,7 @@ class TrainingPipeline(PlatformComponent):
 
 
 # Reader token Secrets of regions already built, per program run (keyed by the StackConfig object), so a
-# later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config.py checks).
+# later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config/rules.py checks).
 _READERS: dict[int, tuple[StackConfig, dict[str, Any]]] = {}
 
 

@@ -220,7 +220,8 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "simulate-error-yaml-boolean": (
         stack("  fraud-platform:serving:\n    simulateError: true\n"),
-        "serving.simulateError: must be one of false, true, degrade; got True (a boolean: quote the value in YAML)",
+        "serving.simulateError: must be one of false, true, degrade; got True (a boolean: quote the value in YAML; "
+        "with `pulumi config set --path` add `--type string`)",
     ),
     "enabled-yes": (
         stack("  fraud-platform:platform:\n    harbor:\n      enabled: yes\n"),

@@ -229,9 +229,7 @@ def _as_written(model: Any, loc: list[Any]) -> list[Any]:
 
 def _is_validator_tag(part: Any) -> bool:
     # pydantic puts the validator kind or a union member's type into the location; keys never look so.
-    return isinstance(part, str) and (
-        part.startswith(("function-", "literal[", "constrained-str", "lax-or-strict")) or part in ("str", "int")
-    )
+    return isinstance(part, str) and part.startswith(("function-", "literal[", "constrained-", "lax-or-strict"))
 
 
 _BOUNDS = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}

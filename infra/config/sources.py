@@ -138,24 +138,31 @@ def read_stack_text(text: str) -> StackFile:
             f"config: must be a mapping of <namespace>:<key> to values (e.g. {PROJECT}:strategy: canary), got a "
             f"{_kind(config)}"
         )
-    namespaces = (PROJECT, *OTHER_NAMESPACES)
     for key, value in config.items():
-        namespace, colon, name = str(key).partition(":")
-        if not colon or not name:
-            hint = f"; write {PROJECT}:{key}" if not colon and key in stack_keys() else ""
-            result.problems.append(
-                f"{_key((key,))}: config keys are <namespace>:<key>{hint} (this project's namespace is {PROJECT})"
-            )
-        elif namespace not in namespaces:
-            result.problems.append(
-                f"{_key((key,))}: unknown namespace {shown(namespace)}{_hint(namespace, namespaces)}; allowed: "
-                f"{', '.join(namespaces)}"
-            )
-        elif namespace == PROJECT:
+        name = _project_key(str(key), result.problems)
+        if name is not None:
             if isinstance(value, dict) and set(value) == {"secure"}:
                 result.secure.add(name)
             result.values[name] = value
     return result
+
+
+def _project_key(key: str, problems: list[str]) -> str | None:
+    """The project key ``fraud-platform:<name>`` stands for; None for other namespaces (Pulumi's, the
+    providers') and for keys outside any allowed namespace, which are added to ``problems``."""
+    namespace, colon, name = key.partition(":")
+    namespaces = (PROJECT, *OTHER_NAMESPACES)
+    if not colon or not name:
+        hint = f"; write {PROJECT}:{key}" if not colon and key in stack_keys() else ""
+        problems.append(f"{key_text(key)}: config keys are <namespace>:<key>{hint} (this project's is {PROJECT})")
+    elif namespace not in namespaces:
+        problems.append(
+            f"{key_text(key)}: unknown namespace {shown(namespace)}{_hint(namespace, namespaces)}; allowed: "
+            f"{', '.join(namespaces)}"
+        )
+    elif namespace == PROJECT:
+        return name
+    return None
 
 
 def read_stack_file(path: Path) -> StackFile:
@@ -295,18 +302,11 @@ def load_from_pulumi() -> StackConfig:
 
     given = {**runtime.get_config_env(), **runtime.CONFIG.get()}
     found = StackFile()
-    namespaces = (PROJECT, *OTHER_NAMESPACES)
     secret_fields = set(secret_keys())
     text_fields = {info.alias for info in StackSettings.model_fields.values() if _is_text(info.annotation)}
     for full_key, value in given.items():
-        namespace, _, name = full_key.partition(":")
-        if namespace not in namespaces:
-            found.problems.append(
-                f"{full_key}: unknown namespace {shown(namespace)}{_hint(namespace, namespaces)}; allowed: "
-                f"{', '.join(namespaces)}"
-            )
-            continue
-        if namespace != PROJECT:
+        name = _project_key(full_key, found.problems)
+        if name is None:
             continue
         if name in secret_fields:
             secret = runtime.is_config_secret(full_key)

@@ -43,7 +43,7 @@ def compose(text: str) -> Any:
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = error.problem or error.context or "unreadable"
+        problem = ", ".join(part for part in (error.context, error.problem) if part) or "unreadable"
         raise YamlProblem((), f"is not valid YAML: {shown(problem)[1:-1]}{where}") from None
     except YAMLError as error:
         raise YamlProblem((), f"is not valid YAML: {shown(str(error))[1:-1]}") from None

@@ -8,14 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.config import (
-    ConfigError,
-    deep_merge,
-    parse_config,
-    parse_set_overrides,
-    project_defaults,
-    stack_file_values,
-)
+from infra.config import ConfigError, check_stack, parse_set_overrides, read_stack_file
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -53,6 +46,12 @@ def register(commands: Any, bench: Any) -> None:
         "--stamp-version", default=None, metavar="VERSION", help="set Chart.yaml version and appVersion (istio)"
     )
     package.set_defaults(handler=run_charts_package)
+
+    schema = commands.add_parser(
+        "config-schema", help="print Pulumi.yaml's config: block as the config models declare it (--write: update it)"
+    )
+    schema.add_argument("--write", action="store_true", help="rewrite the generated part of Pulumi.yaml in place")
+    schema.set_defaults(handler=run_config_schema)
 
 
 def _print_problems(error: ConfigError, where: str) -> None:
@@ -104,13 +103,9 @@ def run_check_config(args: argparse.Namespace) -> int:
             continue
         stack = name[len("Pulumi.") : -len(".yaml")]
         try:
-            values, _ = stack_file_values(path)
-            parse_config(deep_merge(project_defaults(), values), stack=stack)
+            check_stack(read_stack_file(path), stack)
         except ConfigError as error:
             _print_problems(error, str(path))
-            failed = True
-        except Exception as error:  # unreadable YAML and the like
-            print(f"{path}: cannot be read ({error})", file=sys.stderr)
             failed = True
         else:
             print(f"{path}: ok")
@@ -149,3 +144,14 @@ def run_verify(args: argparse.Namespace) -> int:
     verdict = f"{failed} check(s) failed" if failed else "all checks passed"
     print(f"stack {args.stack}: {verdict} ({time.perf_counter() - started:.1f}s)")
     return 1 if failed else 0
+
+
+def run_config_schema(args: argparse.Namespace) -> int:
+    from infra.config.schema import generated_text, write_pulumi_yaml
+
+    if args.write:
+        changed = write_pulumi_yaml()
+        print(f"Pulumi.yaml: {'updated' if changed else 'already up to date'}", file=sys.stderr)
+    else:
+        print(generated_text(), end="")
+    return 0

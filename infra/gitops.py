@@ -15,12 +15,14 @@ Application OutOfSync and self-heal puts the cluster back to what git holds (doc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 
 from infra import charts, k8s
-from infra.config import Region, StackConfig
+from infra.config import GitSettings, Region
 
 GITOPS_ROOT = "gitops"
 APP_PROJECT = "fraud-platform"
@@ -37,21 +39,20 @@ def gitops_path(stack: str, region: str) -> str:
 
 
 def service_provider(
-    name: str, config: StackConfig, region: Region, cluster_provider: pulumi.ProviderResource, parent: pulumi.Resource
+    name: str, delivery: str, path: str, cluster_provider: pulumi.ProviderResource, parent: pulumi.Resource
 ) -> pulumi.ProviderResource:
-    """What the fraud service is declared with: the cluster itself, or (argocd) a folder for Argo CD."""
-    if config.delivery != "argocd":
+    """What the fraud service is declared with: the cluster itself, or (delivery argocd) the folder ``path``
+    (:func:`gitops_path`) for Argo CD."""
+    if delivery != "argocd":
         return cluster_provider
     import pulumi_kubernetes as kubernetes
 
     return kubernetes.Provider(
-        f"{name}-gitops",
-        render_yaml_to_directory=gitops_path(config.stack, region.name),
-        opts=pulumi.ResourceOptions(parent=parent),
+        f"{name}-gitops", render_yaml_to_directory=path, opts=pulumi.ResourceOptions(parent=parent)
     )
 
 
-def app_project(config: StackConfig) -> dict[str, Any]:
+def app_project(git: GitSettings) -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AppProject",
@@ -62,7 +63,7 @@ def app_project(config: StackConfig) -> dict[str, Any]:
         },
         "spec": {
             "description": "The fraud model service, synced from the manifests Pulumi renders to git.",
-            "sourceRepos": [config.git.url],
+            "sourceRepos": [git.url],
             "destinations": [{"server": IN_CLUSTER, "namespace": ns} for ns in DESTINATION_NAMESPACES],
             # The folder holds the fraud namespace itself; everything else it holds is namespaced.
             "clusterResourceWhitelist": [{"group": "", "kind": "Namespace"}],
@@ -72,7 +73,8 @@ def app_project(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def application(config: StackConfig, region: Region) -> dict[str, Any]:
+def application(git: GitSettings, path: str, region: Region) -> dict[str, Any]:
+    """The Application syncing ``path`` of ``git.url`` at ``git.revision`` into ``region``'s cluster."""
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Application",
@@ -86,9 +88,9 @@ def application(config: StackConfig, region: Region) -> dict[str, Any]:
         "spec": {
             "project": APP_PROJECT,
             "source": {
-                "repoURL": config.git.url,
-                "targetRevision": config.git.revision,
-                "path": gitops_path(config.stack, region.name),
+                "repoURL": git.url,
+                "targetRevision": git.revision,
+                "path": path,
                 # The provider writes 0-crd/ and 1-manifests/ below the folder.
                 "directory": {"recurse": True},
             },
@@ -102,47 +104,49 @@ def application(config: StackConfig, region: Region) -> dict[str, Any]:
     }
 
 
-def repository_secret(config: StackConfig, token: Any) -> dict[str, Any]:
+def repository_secret(git: GitSettings, token: Any) -> dict[str, Any]:
     """Argo CD's credentials for a private repository (declarative repository Secret)."""
     obj = k8s.secret(
         REPOSITORY_SECRET,
         charts.NAMESPACES["argocd"],
-        {"type": "git", "url": config.git.url, "username": "x-access-token", "password": token},
+        {"type": "git", "url": git.url, "username": "x-access-token", "password": token},
         obj_labels=k8s.labels(REPOSITORY_SECRET, "gitops"),
     )
     obj["metadata"]["labels"]["argocd.argoproj.io/secret-type"] = "repository"
     return obj
 
 
+@dataclass(frozen=True)
+class GitOpsArgs:
+    git: GitSettings
+    path: str  # the repository folder of this region (gitops_path)
+    region: Region
+    provider: pulumi.ProviderResource  # the cluster's own
+    argocd_ready: Sequence[pulumi.Resource]  # the Argo CD release (its CRDs)
+    git_token_set: bool  # whether the secret gitToken is set: then Argo CD gets it as repository credentials
+
+
 class GitOpsDelivery(pulumi.ComponentResource):
     """AppProject + Application in one region's Argo CD (type ``fraud:gitops:GitOpsDelivery``)."""
 
-    def __init__(
-        self,
-        name: str,
-        config: StackConfig,
-        region: Region,
-        provider: pulumi.ProviderResource,
-        argocd_ready: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, args: GitOpsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("fraud:gitops:GitOpsDelivery", name, None, opts)
         self.crds_ready: list[pulumi.Resource] = []
 
         def declare(suffix: str, obj: dict[str, Any], depends_on: list[Any]) -> Any:
-            opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=depends_on)
+            opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=depends_on)
             return k8s.declare(f"{name}-{suffix}", obj, opts)
 
-        depends = list(argocd_ready)
-        if config.git_token_set:
+        depends = list(args.argocd_ready)
+        if args.git_token_set:
             token = pulumi.Config("fraud-platform").require_secret("gitToken")
-            depends.append(declare("repository", repository_secret(config, token), list(argocd_ready)))
-        project = declare("appproject", app_project(config), depends)
-        declare("application", application(config, region), [project, *depends])
+            depends.append(declare("repository", repository_secret(args.git, token), list(args.argocd_ready)))
+        project = declare("appproject", app_project(args.git), depends)
+        declare("application", application(args.git, args.path, args.region), [project, *depends])
         self.outputs = {
             "application": f"{charts.NAMESPACES['argocd']}/{APPLICATION}",
-            "repo": config.git.url,
-            "revision": config.git.revision,
-            "path": gitops_path(config.stack, region.name),
+            "repo": args.git.url,
+            "revision": args.git.revision,
+            "path": args.path,
         }
         self.register_outputs(self.outputs)

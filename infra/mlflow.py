@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 
 from infra import charts, k8s
-from infra.config import StackConfig
+from infra.config import MlflowSettings
 from infra.platform import ArtifactStoreRef, PlatformArgs, PlatformComponent
 
 NS = charts.NAMESPACES["mlflow"]
@@ -48,7 +48,7 @@ def _stateful_set(name: str, replicas: int, pod: dict[str, Any], size: str) -> d
     }
 
 
-def postgres_objects(config: StackConfig) -> list[dict[str, Any]]:
+def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
     tmp_volume, tmp_mount = k8s.tmp_volume()
     run_volume = {"name": "run", "emptyDir": {}}
     pod = {
@@ -56,7 +56,7 @@ def postgres_objects(config: StackConfig) -> list[dict[str, Any]]:
         "containers": [
             k8s.container(
                 "postgres",
-                config.mlflow.postgres_image,
+                settings.postgres_image,
                 env=[
                     {"name": "POSTGRES_USER", "value": "mlflow"},
                     {"name": "POSTGRES_DB", "value": "mlflow"},
@@ -87,17 +87,17 @@ def postgres_objects(config: StackConfig) -> list[dict[str, Any]]:
         [{"name": "postgres", "port": 5432, "targetPort": 5432}],
         obj_labels=k8s.labels(POSTGRES, "mlflow"),
     )
-    return [_stateful_set(POSTGRES, 1, pod, config.mlflow.storage_size), svc]
+    return [_stateful_set(POSTGRES, 1, pod, settings.storage_size), svc]
 
 
-def minio_objects(config: StackConfig) -> list[dict[str, Any]]:
+def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
     tmp_volume, tmp_mount = k8s.tmp_volume()
     pod = {
         "securityContext": k8s.pod_security_context(),
         "containers": [
             k8s.container(
                 "minio",
-                config.mlflow.minio_image,
+                settings.minio_image,
                 args=["server", "/data", "--console-address", ":9001"],
                 env=[
                     k8s.secret_env("MINIO_ROOT_USER", S3_SECRET, "AWS_ACCESS_KEY_ID"),
@@ -123,7 +123,7 @@ def minio_objects(config: StackConfig) -> list[dict[str, Any]]:
         obj_labels=k8s.labels(MINIO, "mlflow"),
     )
     tmp_volume, tmp_mount = k8s.tmp_volume()
-    bucket = config.mlflow.bucket
+    bucket = settings.bucket
     make_bucket = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -163,18 +163,18 @@ def minio_objects(config: StackConfig) -> list[dict[str, Any]]:
             },
         },
     }
-    return [_stateful_set(MINIO, 1, pod, config.mlflow.storage_size), svc, make_bucket]
+    return [_stateful_set(MINIO, 1, pod, settings.storage_size), svc, make_bucket]
 
 
-def tracking_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
+def tracking_objects(settings: MlflowSettings, image: Any) -> list[dict[str, Any]]:
     """The MLflow server, run from the project image (it carries mlflow, boto3 and psycopg2)."""
     tmp_volume, tmp_mount = k8s.tmp_volume()
-    use_minio = config.mlflow.artifact_store == "minio"
-    endpoint = MINIO_ENDPOINT if use_minio else config.mlflow.endpoint
+    use_minio = settings.artifact_store == "minio"
+    endpoint = MINIO_ENDPOINT if use_minio else settings.endpoint
     env = [
         k8s.secret_env("PG_PASSWORD", POSTGRES_SECRET, "password"),
         {"name": "MLFLOW_S3_ENDPOINT_URL", "value": endpoint},
-        {"name": "AWS_DEFAULT_REGION", "value": config.mlflow.region},
+        {"name": "AWS_DEFAULT_REGION", "value": settings.region},
         {"name": "HOME", "value": "/tmp"},
     ]
     if use_minio:
@@ -199,7 +199,7 @@ def tracking_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
             "--backend-store-uri",
             f"postgresql://mlflow:$(PG_PASSWORD)@{POSTGRES}:5432/mlflow",
             "--artifacts-destination",
-            f"s3://{config.mlflow.bucket}",
+            f"s3://{settings.bucket}",
             "--serve-artifacts",
             "--allowed-hosts",
             f"{TRACKING},{TRACKING}.{NS},{TRACKING}.{NS}.svc.cluster.local,"
@@ -235,11 +235,11 @@ class MlflowTracking(PlatformComponent):
 
     def __init__(self, name: str, args: PlatformArgs, image: Any, opts: pulumi.ResourceOptions | None = None):
         super().__init__("MlflowTracking", name, args, opts)
-        config = self.config
+        settings = self.config.mlflow
         self.make_namespace(pod_security="restricted")
         pg_password = self.password("postgres-password")
         pg_secret = self.make_secret("postgres", POSTGRES_SECRET, {"password": pg_password.result})
-        use_minio = config.mlflow.artifact_store == "minio"
+        use_minio = settings.artifact_store == "minio"
         depends: list[pulumi.Resource] = [pg_secret]
         if use_minio:
             access_key = self.password("minio-access-key", length=20)
@@ -249,21 +249,21 @@ class MlflowTracking(PlatformComponent):
                 "s3", S3_SECRET, {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
             )
             depends.append(s3_secret)
-            for obj in minio_objects(config):
+            for obj in minio_objects(settings):
                 depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [s3_secret]))
         else:
             # An existing bucket is reached with the pod's cloud identity: no static keys to leak.
             access = secret = None
-        for obj in postgres_objects(config):
+        for obj in postgres_objects(settings):
             depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [pg_secret]))
-        for obj in tracking_objects(config, image):
+        for obj in tracking_objects(settings, image):
             self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, depends)
         self.artifact_store = ArtifactStoreRef(
-            endpoint_url=MINIO_ENDPOINT if use_minio else config.mlflow.endpoint,
-            bucket=config.mlflow.bucket,
+            endpoint_url=MINIO_ENDPOINT if use_minio else settings.endpoint,
+            bucket=settings.bucket,
             access_key=access,
             secret_key=secret,
         )
         self.finish(
-            tracking_url=TRACKING_URL, artifact_bucket=config.mlflow.bucket, postgres_secret=f"{NS}/{POSTGRES_SECRET}"
+            tracking_url=TRACKING_URL, artifact_bucket=settings.bucket, postgres_secret=f"{NS}/{POSTGRES_SECRET}"
         )

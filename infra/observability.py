@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra.config import StackConfig
 from rollout.analysis import prometheus_duration
+from rollout.settings import AnalysisSettings
 from serving.metrics import (
     FEEDBACK_REJECTED_TOTAL,
     FEEDBACK_TOTAL,
@@ -40,10 +40,11 @@ def _rate(metric: str, matchers: str, window: str, by: str = VERSION_LABEL) -> s
 
 
 def alert_rules(
-    config: StackConfig, *, namespace: str, metrics_job: str, workload: str, canary_name: str
+    analysis: AnalysisSettings, *, strategy: str, namespace: str, metrics_job: str, workload: str, canary_name: str
 ) -> list[dict[str, Any]]:
-    """Alerting rules for the fraud service (for PrometheusRule ``spec.groups[].rules``)."""
-    a = config.analysis
+    """Alerting rules for the fraud service (for PrometheusRule ``spec.groups[].rules``), at the thresholds of
+    the rollout ``analysis``; the canary's traffic check only with ``strategy`` canary."""
+    a = analysis
     ns = f'namespace="{namespace}"'
     w, q = ALERT_WINDOW, QUALITY_WINDOW
     errors = _rate(REQUESTS_TOTAL, f'{ns},code=~"5.."', w)
@@ -121,7 +122,7 @@ def alert_rules(
             },
         },
     ]
-    if config.strategy == "canary":
+    if strategy == "canary":
         # Mesh traffic only, and without the replay (it calls the canary directly by design).
         mesh = (
             f'reporter="destination",destination_workload_namespace="{namespace}",source_workload!="{workload}-replay"'
@@ -146,8 +147,9 @@ def alert_rules(
 
 
 def prometheus_rule(
-    config: StackConfig,
+    analysis: AnalysisSettings,
     *,
+    strategy: str,
     name: str,
     namespace: str,
     metrics_job: str,
@@ -156,7 +158,12 @@ def prometheus_rule(
     labels: dict[str, str],
 ) -> dict[str, Any]:
     rules = alert_rules(
-        config, namespace=namespace, metrics_job=metrics_job, workload=workload, canary_name=canary_name
+        analysis,
+        strategy=strategy,
+        namespace=namespace,
+        metrics_job=metrics_job,
+        workload=workload,
+        canary_name=canary_name,
     )
     return {
         "apiVersion": "monitoring.coreos.com/v1",
@@ -185,11 +192,11 @@ def _panel(ident: int, title: str, targets: list[tuple[str, str]], unit: str, x:
     }
 
 
-def dashboard(config: StackConfig, *, namespace: str, canary_name: str) -> dict[str, Any]:
+def dashboard(analysis: AnalysisSettings, *, namespace: str, canary_name: str) -> dict[str, Any]:
     """Traffic, success rate, latency, precision/recall per model version, and the canary weight."""
     ns = f'namespace="{namespace}"'
     window = "1m"
-    quality = prometheus_duration(config.analysis.feedback_window_seconds)
+    quality = prometheus_duration(analysis.feedback_window_seconds)
 
     def feedback(outcomes: str) -> str:
         return f'sum by ({VERSION_LABEL}) (increase({FEEDBACK_TOTAL}{{{ns},outcome=~"{outcomes}"}}[{quality}]))'
@@ -299,10 +306,10 @@ def dashboard_queries(board: dict[str, Any]) -> list[str]:
 
 
 def dashboard_configmap(
-    config: StackConfig, *, name: str, namespace: str, canary_name: str, labels: dict[str, str], label: str
+    analysis: AnalysisSettings, *, name: str, namespace: str, canary_name: str, labels: dict[str, str], label: str
 ) -> dict[str, Any]:
     """The dashboard as a ConfigMap Grafana's sidecar picks up (``<label>: "1"``)."""
-    board = dashboard(config, namespace=namespace, canary_name=canary_name)
+    board = dashboard(analysis, namespace=namespace, canary_name=canary_name)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

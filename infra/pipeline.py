@@ -36,7 +36,7 @@ from typing import Any
 # infra.k8s is imported where used: it loads the Pulumi SDK, which fraudctl's run-time commands
 # (in the project image) do without.
 from infra import charts
-from infra.config import GitSettings, Region, StackConfig
+from infra.config import GateSettings, GitSettings, PipelineSettings, Region
 
 # The runtime contract (template name, parameters, the Workflow that runs it) lives with its client in ops/.
 from ops.pipeline_contract import PARAMETERS, PROPOSE_MODES, TEMPLATE_NAME, baseline_and_candidates, submission
@@ -77,22 +77,28 @@ class PipelineEndpoints:
 
     image: Any  # the project image (fraudctl), a tag or a pushed digest
     tracking_url: str
-    registry_host: str
+    registry_host: str  # this region's Harbor
+    registry_project: str  # its project the images are pushed to
     s3_endpoint: str
+    s3_region: str
     # Secret (in the pipeline namespace) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; None: pod identity.
     s3_secret: str | None
+
+    @property
+    def image_repository(self) -> str:
+        return f"{self.registry_host}/{self.registry_project}/{IMAGE_NAME}"
 
 
 def _param(name: str) -> str:
     return "{{workflow.parameters.%s}}" % name  # noqa: UP031 - Argo's braces, not a format string
 
 
-def _gate_flags(config: StackConfig, *, costs_only: bool) -> list[str]:
+def _gate_flags(gate: GateSettings, *, costs_only: bool) -> list[str]:
     """The stack's gate settings as ``fraudctl train/evaluate`` flags (model/cli.py GATE_FLAGS)."""
     from model.cli import COST_FLAGS, GATE_FLAGS
 
     flags = COST_FLAGS if costs_only else tuple(GATE_FLAGS)
-    return [part for flag in flags for part in (flag, f"{getattr(config.gate, GATE_FLAGS[flag]):g}")]
+    return [part for flag in flags for part in (flag, f"{getattr(gate, GATE_FLAGS[flag]):g}")]
 
 
 def _step_container(
@@ -127,12 +133,12 @@ def _step_container(
     return container
 
 
-def _s3_env(endpoints: PipelineEndpoints, config: StackConfig) -> list[dict[str, Any]]:
+def _s3_env(endpoints: PipelineEndpoints) -> list[dict[str, Any]]:
     from infra import k8s
 
     env = [
         {"name": "AWS_ENDPOINT_URL_S3", "value": endpoints.s3_endpoint},
-        {"name": "AWS_DEFAULT_REGION", "value": config.mlflow.region},
+        {"name": "AWS_DEFAULT_REGION", "value": endpoints.s3_region},
     ]
     if endpoints.s3_secret:
         env += [
@@ -144,11 +150,6 @@ def _s3_env(endpoints: PipelineEndpoints, config: StackConfig) -> list[dict[str,
 
 def _output(name: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"path": f"{OUTPUTS_DIR}/{name}"}}
-
-
-def image_repository(config: StackConfig, region: Region) -> str:
-    host = region.registry_host or config.registry.host
-    return f"{host}/{config.registry.project}/{IMAGE_NAME}"
 
 
 def _git_artifact(git: GitSettings) -> dict[str, Any]:
@@ -165,15 +166,24 @@ def _git_artifact(git: GitSettings) -> dict[str, Any]:
     }
 
 
-def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEndpoints) -> dict[str, Any]:
-    """The ``fraud-model-training`` WorkflowTemplate for one region (its data bucket, MLflow and Harbor)."""
+def workflow_template(
+    region: Region,
+    endpoints: PipelineEndpoints,
+    *,
+    stack: str,
+    settings: PipelineSettings,
+    gate: GateSettings,
+    git: GitSettings,
+    candidate_version: str,
+) -> dict[str, Any]:
+    """The ``fraud-model-training`` WorkflowTemplate for one region (its data bucket, MLflow and Harbor) of
+    ``stack``; ``candidate_version``: the stack's model.candidateVersion, the default version to train."""
     from infra import k8s
 
     baseline, candidates = baseline_and_candidates()
-    settings = config.pipeline
     train_resources = {
-        "cpu": ("500m", settings.train_cpu_limit),
-        "memory": ("2Gi", settings.train_memory_limit),
+        "cpu": (settings.TRAIN_CPU_REQUEST, settings.train_cpu_limit),
+        "memory": (settings.TRAIN_MEMORY_REQUEST, settings.train_memory_limit),
     }
     fetch_args = ["pipeline", "fetch-data"]
     if region.data_bucket:
@@ -182,14 +192,14 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
         {
             "name": "fetch-data",
             "retryStrategy": {"limit": "2", "retryPolicy": "OnError"},
-            "container": _step_container(endpoints, fetch_args, env=_s3_env(endpoints, config)),
+            "container": _step_container(endpoints, fetch_args, env=_s3_env(endpoints)),
         },
         {"name": "validate-data", "container": _step_container(endpoints, ["data", "--json"], memory=("1Gi", "3Gi"))},
         {
             "name": "train-baseline",
             "container": _step_container(
                 endpoints,
-                ["train", "--model-version", baseline, *_gate_flags(config, costs_only=True)],
+                ["train", "--model-version", baseline, *_gate_flags(gate, costs_only=True)],
                 **train_resources,
             ),
         },
@@ -197,7 +207,7 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
             "name": "train",
             "container": _step_container(
                 endpoints,
-                ["train", "--model-version", _param("model-version"), *_gate_flags(config, costs_only=True)],
+                ["train", "--model-version", _param("model-version"), *_gate_flags(gate, costs_only=True)],
                 **train_resources,
             ),
         },
@@ -205,7 +215,7 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
             "name": "evaluate",
             "container": _step_container(
                 endpoints,
-                ["evaluate", "--json", "--out", REPORTS_DIR, *_gate_flags(config, costs_only=False)],
+                ["evaluate", "--json", "--out", REPORTS_DIR, *_gate_flags(gate, costs_only=False)],
                 **train_resources,
             ),
         },
@@ -228,8 +238,8 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
                 ],
             ),
         },
-        _build_template(config, region),
-        _propose_template(config, endpoints),
+        _build_template(endpoints, settings, git),
+        _propose_template(endpoints, stack, git),
     ]
     steps = [
         [
@@ -270,11 +280,9 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
                         "name": "model-version",
                         "description": PARAMETERS["model-version"],
                         "enum": list(candidates),
-                        "value": config.model.candidate_version
-                        if config.model.candidate_version in candidates
-                        else candidates[-1],
+                        "value": candidate_version if candidate_version in candidates else candidates[-1],
                     },
-                    {"name": "revision", "description": PARAMETERS["revision"], "value": config.git.revision},
+                    {"name": "revision", "description": PARAMETERS["revision"], "value": git.revision},
                     {
                         "name": "propose",
                         "description": PARAMETERS["propose"],
@@ -304,10 +312,10 @@ def workflow_template(config: StackConfig, region: Region, endpoints: PipelineEn
     }
 
 
-def _build_template(config: StackConfig, region: Region) -> dict[str, Any]:
+def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, git: GitSettings) -> dict[str, Any]:
     """Rootless BuildKit: no root, no privileged pod; it needs only unconfined seccomp/AppArmor for its
     user namespaces. The image is tagged ``<model-version>-<workflow name>`` (unique per run)."""
-    image = f"{image_repository(config, region)}:{_param('model-version')}-{{{{workflow.name}}}}"
+    image = f"{endpoints.image_repository}:{_param('model-version')}-{{{{workflow.name}}}}"
     dockerfile_dir, dockerfile = posixpath.split(DOCKERFILE)
     unconfined = {
         "allowPrivilegeEscalation": True,  # newuidmap/newgidmap are setuid: rootless needs them
@@ -319,7 +327,7 @@ def _build_template(config: StackConfig, region: Region) -> dict[str, Any]:
     }
     return {
         "name": "build-image",
-        "inputs": {"artifacts": [_git_artifact(config.git)]},
+        "inputs": {"artifacts": [_git_artifact(git)]},
         "outputs": {"parameters": [{"name": "build", "valueFrom": {"path": "/tmp/build/metadata.json"}}]},
         "securityContext": {
             "runAsNonRoot": True,
@@ -335,7 +343,7 @@ def _build_template(config: StackConfig, region: Region) -> dict[str, Any]:
             {"name": "build-out", "emptyDir": {}},
         ],
         "container": {
-            "image": config.pipeline.buildkit_image,
+            "image": settings.buildkit_image,
             "imagePullPolicy": "IfNotPresent",
             "command": ["buildctl-daemonless.sh"],
             "args": [
@@ -370,13 +378,13 @@ def _build_template(config: StackConfig, region: Region) -> dict[str, Any]:
     }
 
 
-def _propose_template(config: StackConfig, endpoints: PipelineEndpoints) -> dict[str, Any]:
+def _propose_template(endpoints: PipelineEndpoints, stack: str, git: GitSettings) -> dict[str, Any]:
     from infra import k8s
 
     args = [
         "propose-version",
         "--stack",
-        config.stack,
+        stack,
         "--model-version",
         _param("model-version"),
         "--model-uri",
@@ -384,7 +392,7 @@ def _propose_template(config: StackConfig, endpoints: PipelineEndpoints) -> dict
         "--mode",
         _param("propose"),
         "--repo",
-        config.git.url,
+        git.url,
         "--base",
         _param("revision"),
         "--build-metadata",
@@ -396,9 +404,9 @@ def _propose_template(config: StackConfig, endpoints: PipelineEndpoints) -> dict
         "--outputs",
         OUTPUTS_DIR,
     ]
-    repository = config.git.github_repository
+    repository = git.github_repository
     if repository:
-        args += ["--github-api", config.git.api_url, "--github-repo", repository]
+        args += ["--github-api", git.api_url, "--github-repo", repository]
     env = [
         k8s.secret_env("GIT_USERNAME", GIT_SECRET, GIT_SECRET_USERNAME_KEY),
         k8s.secret_env("GIT_TOKEN", GIT_SECRET, GIT_SECRET_TOKEN_KEY),

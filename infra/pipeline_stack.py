@@ -24,7 +24,6 @@ from infra.pipeline import (
     TEMPLATE_NAME,
     PipelineEndpoints,
     docker_config_json,
-    image_repository,
     rbac_objects,
     workflow_template,
 )
@@ -101,22 +100,32 @@ class TrainingPipeline(PlatformComponent):
             image=image,
             tracking_url=tracking_url,
             registry_host=registry_host,
+            registry_project=config.registry.project,
             s3_endpoint=artifact_store.endpoint_url,
+            s3_region=config.mlflow.region,
             s3_secret=s3_secret,
         )
-        template = workflow_template(config, region, endpoints)
+        template = workflow_template(
+            region,
+            endpoints,
+            stack=config.stack,
+            settings=config.pipeline,
+            gate=config.gate,
+            git=config.git,
+            candidate_version=config.model.candidate_version,
+        )
         self.template = self.declare("workflow-template", template, depends)
         self.finish(
             workflow_template=f"{NAMESPACE}/{TEMPLATE_NAME}",
             submit=f"fraudctl pipeline submit --context {region.context} --model-version "
             f"{template['spec']['arguments']['parameters'][0]['value']} --follow",
             data_bucket=region.data_bucket or "",
-            image_repository=image_repository(config, region),
+            image_repository=endpoints.image_repository,
         )
 
 
 # Reader token Secrets of regions already built, per program run (keyed by the StackConfig object), so a
-# later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config.py checks).
+# later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config/rules.py checks).
 _READERS: dict[int, tuple[StackConfig, dict[str, Any]]] = {}
 
 
@@ -168,7 +177,7 @@ class RolloutWaves(pulumi.ComponentResource):
                 ),
                 [namespace, *(readers[r.name] for r in upstream if r.name in readers)],
             )
-            for obj in gate_objects(config, region, image):
+            for obj in gate_objects(region, upstream, image, strategy=config.strategy):
                 self._declare(self._suffix(obj), obj, [namespace, secret])
             self.outputs.update({"gate_url": GATE_URL, "waits_for": [r.name for r in upstream]})
         self.register_outputs(self.outputs)

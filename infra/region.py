@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 
 from infra import gitops, platform
-from infra.config import Region, StackConfig
+from infra.config import Region, RegistrySettings, StackConfig
 from infra.mlflow import MlflowTracking
 
 IMAGE_NAME = "fraud-platform"
@@ -21,12 +21,13 @@ class RegionArgs:
     region: Region
 
 
-def registry_host(config: StackConfig, region: Region) -> str:
-    return region.registry_host or config.registry.host
+def registry_host(registry: RegistrySettings, region: Region) -> str:
+    """The region's own Harbor, else the stack's."""
+    return region.registry_host or registry.host
 
 
-def image_reference(config: StackConfig, region: Region) -> str:
-    return f"{registry_host(config, region)}/{config.registry.project}/{IMAGE_NAME}:{config.serving.image_tag}"
+def image_reference(registry: RegistrySettings, region: Region, tag: str) -> str:
+    return f"{registry_host(registry, region)}/{registry.project}/{IMAGE_NAME}:{tag}"
 
 
 class RegionStack(pulumi.ComponentResource):
@@ -62,10 +63,14 @@ class RegionStack(pulumi.ComponentResource):
             add("istio", platform.IstioMesh(f"{name}-istio", after_monitoring, child))
         if config.enabled("harbor"):
             harbor = add("harbor", platform.Harbor(f"{name}-harbor", after_monitoring, child))
-            self.image = self._project_image(name, config, region, harbor)
+            self.image = self._project_image(name, config.registry, region, config.serving.image_tag, harbor)
         else:
             self.image = None
-        image_ref: Any = self.image.repo_digest if self.image is not None else image_reference(config, region)
+        image_ref: Any = (
+            self.image.repo_digest
+            if self.image is not None
+            else image_reference(config.registry, region, config.serving.image_tag)
+        )
         self.image_ref = image_ref
         mlflow = None
         if config.enabled("mlflow"):
@@ -87,7 +92,7 @@ class RegionStack(pulumi.ComponentResource):
         # The provider the fraud service is declared with: the cluster's own, or (delivery argocd) one
         # that renders manifests to a folder for Argo CD to sync.
         self.service_provider: pulumi.ProviderResource = gitops.service_provider(
-            name, config, region, self.provider, parent=self
+            name, config.delivery, gitops.gitops_path(config.stack, region.name), self.provider, parent=self
         )
         # --- fraud service (issue 5) ---
         from infra.service.component import FraudModelService, FraudModelServiceArgs
@@ -123,7 +128,16 @@ class RegionStack(pulumi.ComponentResource):
             )
         if config.delivery == "argocd" and "argocd" in self.components:
             self.components["gitops"] = gitops.GitOpsDelivery(  # type: ignore[assignment]  # outputs/crds_ready shape
-                f"{name}-gitops", config, region, self.provider, self.crds_ready("argocd"), child
+                f"{name}-gitops",
+                gitops.GitOpsArgs(
+                    git=config.git,
+                    path=gitops.gitops_path(config.stack, region.name),
+                    region=region,
+                    provider=self.provider,
+                    argocd_ready=self.crds_ready("argocd"),
+                    git_token_set=config.git_token_set,
+                ),
+                child,
             )
         if len(config.waves()) > 1:
             self.components["waves"] = pipeline_stack.RolloutWaves(  # type: ignore[assignment]
@@ -149,17 +163,19 @@ class RegionStack(pulumi.ComponentResource):
                 ready.extend(self.components[key].crds_ready)
         return ready
 
-    def _project_image(self, name: str, config: StackConfig, region: Region, harbor: platform.Harbor) -> Any:
+    def _project_image(
+        self, name: str, registry: RegistrySettings, region: Region, tag: str, harbor: platform.Harbor
+    ) -> Any:
         """Build the project image (serving and MLflow) and push it to this region's Harbor."""
         import pulumi_docker as docker
 
         provider = docker.Provider(f"{name}-docker", opts=pulumi.ResourceOptions(parent=self))
         return docker.Image(
             f"{name}-image",
-            image_name=image_reference(config, region),
+            image_name=image_reference(registry, region, tag),
             build=docker.DockerBuildArgs(context=".", dockerfile=DOCKERFILE, platform="linux/amd64"),
             registry=docker.RegistryArgs(
-                server=registry_host(config, region), username="admin", password=harbor.admin_password
+                server=registry_host(registry, region), username="admin", password=harbor.admin_password
             ),
             opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[harbor.release_resource]),
         )

@@ -141,11 +141,11 @@ def upstream_kubeconfig(upstreams: Sequence[tuple[Region, Mapping[str, str] | No
     return json.dumps(doc, indent=2)
 
 
-def gate_objects(config: StackConfig, region: Region, image: Any) -> list[dict[str, Any]]:
-    """In a region that waits: the gate's identity, Deployment and Service (the kubeconfig Secret aside)."""
+def gate_objects(region: Region, upstream: Sequence[Region], image: Any, *, strategy: str) -> list[dict[str, Any]]:
+    """In a region that waits on the ``upstream`` regions: the gate's identity, Deployment and Service (the
+    kubeconfig Secret aside); ``strategy`` says which rollout objects it reads."""
     from infra import k8s
 
-    upstream = config.upstream_regions(region)
     tmp_volume, tmp_mount = k8s.tmp_volume()
     obj_labels = k8s.labels(GATE, "rollout-waves", **{"fraud-platform/region": region.name})
     selector = {"app.kubernetes.io/name": GATE}
@@ -155,7 +155,7 @@ def gate_objects(config: StackConfig, region: Region, image: Any) -> list[dict[s
         "--port",
         str(GATE_PORT),
         "--strategy",
-        config.strategy,
+        strategy,
         "--kubeconfig",
         f"{UPSTREAMS_MOUNT}/config",
         *[part for r in upstream for part in ("--upstream", r.name)],

@@ -15,72 +15,68 @@ Settings come from the stack config keys ``gate.minRecallGain``, ``gate.precisio
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, ValidationError
+
+from fraudctl.settings import StrictSettings, problems
+
 DEFAULT_COST_MISSED_FRAUD = 150.0
 DEFAULT_COST_FALSE_POSITIVE = 25.0
-
-# dataclass field -> stack config key (under ``gate.``) and allowed range; one table for both.
-CONFIG_KEYS = {
-    "min_recall_gain": ("minRecallGain", -1.0, 1.0),
-    "precision_band": ("precisionBand", 0.0, 1.0),
-    "max_auprc_loss": ("maxAuprcLoss", 0.0, 1.0),
-    "cost_missed_fraud": ("costMissedFraud", 0.0, 1e9),
-    "cost_false_positive": ("costFalsePositive", 0.0, 1e9),
-}
 
 
 class GateSettingsError(ValueError):
     """Gate settings out of range; ``problems`` lists every ``gate.<key>: ...`` message."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], validation_error: ValidationError | None = None):
         self.problems = problems
+        # Read by fraudctl.settings.problems when the gate is validated inside the stack config.
+        self.validation_error = validation_error
         super().__init__("; ".join(problems))
 
 
-@dataclass(frozen=True)
-class GateSettings:
-    min_recall_gain: float = 0.0
-    precision_band: float = 0.05  # candidate precision may drop at most this much
-    max_auprc_loss: float = 0.0
-    cost_missed_fraud: float = DEFAULT_COST_MISSED_FRAUD
-    cost_false_positive: float = DEFAULT_COST_FALSE_POSITIVE
+class GateSettings(StrictSettings):
+    """The gate's allowances: stack config section ``gate`` and ``fraudctl train/evaluate`` flags."""
 
-    def __post_init__(self) -> None:
-        self.validate()
+    min_recall_gain: float = Field(0.0, ge=-1.0, le=1.0)
+    precision_band: float = Field(0.05, ge=0.0, le=1.0)  # candidate precision may drop at most this much
+    max_auprc_loss: float = Field(0.0, ge=0.0, le=1.0)
+    cost_missed_fraud: float = Field(DEFAULT_COST_MISSED_FRAUD, ge=0.0, le=1e9)
+    cost_false_positive: float = Field(DEFAULT_COST_FALSE_POSITIVE, ge=0.0, le=1e9)
 
-    def validate(self) -> None:
-        problems = []
-        for item in fields(self):
-            key, low, high = CONFIG_KEYS[item.name]
-            value = getattr(self, item.name)
-            number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-            if number is None or math.isnan(number) or not low <= number <= high:
-                problems.append(f"gate.{key}: must be in [{_fmt(low)}, {_fmt(high)}], got {_fmt(value)}")
-        if problems:
-            raise GateSettingsError(problems)
+    def __init__(self, **values: Any) -> None:
+        # Built in code (CLI flags, training): the same messages as the stack config, as GateSettingsError.
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise GateSettingsError(problems(error, "gate", type(self)), error) from None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> GateSettings:
         """From the stack config's ``gate`` object (camelCase keys; missing keys keep their defaults)."""
-        known = {key: name for name, (key, _, _) in CONFIG_KEYS.items()}
-        unknown = sorted(set(config) - set(known))
-        if unknown:
-            raise GateSettingsError([f"gate.{k}: unknown setting; allowed {', '.join(known)}" for k in unknown])
-        return cls(**{known[key]: value for key, value in config.items()})
+        settings, found = cls.from_section("gate", config)
+        if settings is None:
+            raise GateSettingsError(found)
+        return settings
 
     def to_config(self) -> dict[str, float]:
-        return {CONFIG_KEYS[name][0]: value for name, value in asdict(self).items()}
+        return self.model_dump(by_alias=True)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if not isinstance(value, float) else f"{value:g}"
+def _config_keys() -> dict[str, tuple[str, float, float]]:
+    keys = {}
+    for name, info in GateSettings.model_fields.items():
+        low = next(m.ge for m in info.metadata if getattr(m, "ge", None) is not None)
+        high = next(m.le for m in info.metadata if getattr(m, "le", None) is not None)
+        keys[name] = (info.alias or name, low, high)
+    return keys
+
+
+# GateSettings field -> stack config key (under ``gate.``) and allowed range, read from the model.
+CONFIG_KEYS = _config_keys()
 
 
 @dataclass(frozen=True)
@@ -224,14 +220,10 @@ def decide(baseline: ModelMetrics, candidate: ModelMetrics, settings: GateSettin
         GateCheck(ch.name, ch.passed, ch.observed, ch.required, f"{'PASS' if ch.passed else 'FAIL'} {ch.message}")
         for ch in checks
     )
-    return GateDecision(
-        passed=all(ch.passed for ch in checks), baseline=b, candidate=c, checks=checks, settings=s
-    )
+    return GateDecision(passed=all(ch.passed for ch in checks), baseline=b, candidate=c, checks=checks, settings=s)
 
 
-def write_plots(
-    out_dir: str | Path, labels: Any, scored: Mapping[str, tuple[Any, ModelMetrics]]
-) -> dict[str, Path]:
+def write_plots(out_dir: str | Path, labels: Any, scored: Mapping[str, tuple[Any, ModelMetrics]]) -> dict[str, Path]:
     """PR curves (operating points marked) and confusion matrices as PNGs; written atomically."""
     import matplotlib
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.config import PROJECT, ConfigError, deep_merge, parse_config, project_defaults
+from infra.config import PROJECT, ConfigError
 
 MODES = ("pull-request", "commit")
 AUTHOR_NAME = "fraud-pipeline"
@@ -89,13 +89,11 @@ def set_candidate(text: str, model_version: str, model_uri: str) -> str:
     return out.getvalue()
 
 
-def validate_stack_text(text: str, stack: str, root: Path) -> None:
-    """Raise ConfigError when the stack file, merged over ``root``'s Pulumi.yaml defaults, is invalid."""
-    import yaml
+def validate_stack_text(text: str, stack: str) -> None:
+    """Raise ConfigError when the stack file is invalid, exactly as ``fraudctl check-config`` would say."""
+    from infra.config import validate_stack_text as validate
 
-    doc = yaml.safe_load(text) or {}
-    values = {k.partition(":")[2]: v for k, v in (doc.get("config") or {}).items() if k.partition(":")[0] == PROJECT}
-    parse_config(deep_merge(project_defaults(root), values), stack=stack, schema_root=root)
+    validate(text, stack)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -260,7 +258,7 @@ def propose(
         before = stack_file.read_text()
         after = set_candidate(before, model_version, model_uri)
         try:
-            validate_stack_text(after, stack, workdir)
+            validate_stack_text(after, stack)
         except ConfigError as error:
             raise ProposeError(f"{stack_file.name} with candidate {model_version} would be invalid: {error}") from error
         if after == before:

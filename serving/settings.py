@@ -56,6 +56,16 @@ EXTRA_KEYS = ("max_rows", "feedback_ttl_seconds", "feedback_seen_capacity")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def batching_problem(
+    max_batch_size: int, max_batch_time_seconds: float, *, size_key: str = "max_batch_size"
+) -> str | None:
+    """MLServer batches only when both are set: a batch size above 1 with no wait time is silently unbatched.
+    The one statement of that rule (the stack config's serving.maxBatchTime check reuses it)."""
+    if max_batch_size > 1 and max_batch_time_seconds <= 0:
+        return f"must be > 0 when {size_key} > 1 (MLServer ignores batching otherwise)"
+    return None
+
+
 class ServingConfigError(ValueError):
     """A serving setting has a value that is not allowed."""
 
@@ -107,10 +117,10 @@ class ServingConfig:
             problems.append(
                 f"max_batch_time_seconds: {self.max_batch_time_seconds!r} must be a number of seconds in [0, 1]"
             )
-        elif isinstance(self.max_batch_size, int) and self.max_batch_size > 1 and self.max_batch_time_seconds <= 0:
-            problems.append(
-                "max_batch_time_seconds: must be > 0 when max_batch_size > 1 (MLServer ignores batching otherwise)"
-            )
+        elif isinstance(self.max_batch_size, int) and (
+            problem := batching_problem(self.max_batch_size, self.max_batch_time_seconds)
+        ):
+            problems.append(f"max_batch_time_seconds: {problem}")
         if type(self.max_rows) is not int or not 1 <= self.max_rows <= 100_000:
             problems.append(f"max_rows: {self.max_rows!r} must be an integer in 1..100000")
         if not isinstance(self.feedback_ttl_seconds, (int, float)) or not self.feedback_ttl_seconds > 0:

@@ -36,6 +36,31 @@ def test_every_key_in_pulumi_yaml_has_a_description_and_object_defaults_are_comp
     # regions has no default on purpose: every stack must say where its clusters are.
     assert "default" not in schema["regions"]
     assert set(project_defaults()) == set(schema) - {"regions"}
+    assert {key: spec["default"] for key, spec in schema.items() if "default" in spec} == project_defaults()
+
+
+def test_pulumi_yaml_config_is_what_the_models_declare() -> None:
+    """Defaults and descriptions are stated once, in the models; Pulumi.yaml's config: block is generated
+    (`fraudctl config-schema --write`) and must not drift from them."""
+    from infra.config.schema import MARKER, pulumi_yaml
+
+    text = (ROOT / "Pulumi.yaml").read_text()
+    assert MARKER in text
+    assert text == pulumi_yaml(text), "Pulumi.yaml is stale: run `fraudctl config-schema --write`"
+    # And what the file states is what a stack gets when it says nothing (project_defaults: the models').
+    config = load_stack("dev")
+    assert config.serving.max_batch_time == project_schema()["serving"]["default"]["maxBatchTime"]
+
+
+def test_kubernetes_quantities_are_compared_by_value() -> None:
+    from infra.config import quantity_value
+
+    assert quantity_value("250m") == quantity_value("0.25") == quantity_value("2.5e-1")
+    assert quantity_value("1Gi") == 1024 * quantity_value("1Mi") == 2**30
+    assert quantity_value("1G") == 10**9 < quantity_value("1Gi")
+    for bad in ("lots", "1.5.2", "Gi", "1 Gi", "1gi"):
+        with pytest.raises(ValueError):
+            quantity_value(bad)
 
 
 def test_stack_files_load() -> None:
@@ -67,7 +92,7 @@ def test_switching_strategy_is_one_edit() -> None:
         ({"serving": {"minReplicas": 5, "maxReplicas": 2}}, "serving.minReplicas: must not exceed serving.maxReplicas"),
         ({"serving": {"cpuRequest": "lots"}}, "serving.cpuRequest: 'lots' is not valid"),
         ({"serving": {"imageTag": "latest"}}, "serving.imageTag: 'latest' is not valid"),
-        ({"serving": {"replicaz": 2}}, "serving.replicaz: unknown key; allowed keys are replicas"),
+        ({"serving": {"replicaz": 2}}, "serving.replicaz: unknown key (did you mean replicas?); allowed keys are"),
         ({"model": {"candidateVersion": "v1"}}, "model.candidateVersion: must differ from model.stableVersion"),
         ({"model": {"stableUri": "http://x"}}, "model.stableUri: 'http://x' is not valid"),
         ({"mlflow": {"artifactStore": "bucket", "endpoint": ""}}, "mlflow.endpoint: is required when"),
@@ -84,7 +109,7 @@ def test_invalid_values_are_reported_with_key_and_allowed_values(overrides: dict
 @pytest.mark.parametrize(
     ("regions", "expected"),
     [
-        ([], "regions: must be a non-empty list"),
+        ([], "regions: must have at least 1 item(s), got []"),
         ([{"name": "eu"}], "regions[0].context: is required"),
         ([{"name": "EU_1", "context": "c"}], "regions[0].name: 'EU_1' is not valid"),
         (
@@ -117,6 +142,10 @@ def test_set_overrides_parse_dotted_keys_and_reject_garbage() -> None:
     }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_set_overrides(["strategy"])
+    # Values are YAML 1.2, as in stack files: `on` is a string (and then refused by simulateError).
+    assert parse_set_overrides(["serving.simulateError=on"]) == {"serving": {"simulateError": "on"}}
+    with pytest.raises(ConfigError, match="--set serving: a key is given twice"):
+        parse_set_overrides(["serving={replicas: 1, replicas: 2}"])
 
 
 def test_unknown_stack_names_the_known_ones() -> None:

@@ -42,8 +42,8 @@ def failed(decision) -> set[str]:
         (dict(min_recall_gain=-1.5), "gate.minRecallGain: must be in [-1, 1], got -1.5"),
         (dict(max_auprc_loss=float("nan")), "gate.maxAuprcLoss: must be in [0, 1], got nan"),
         (dict(cost_missed_fraud=-1.0), "gate.costMissedFraud: must be in [0, 1000000000], got -1"),
-        (dict(cost_false_positive="25"), "gate.costFalsePositive: must be in [0, 1000000000], got '25'"),
-        (dict(precision_band=True), "gate.precisionBand: must be in [0, 1], got True"),
+        (dict(cost_false_positive="25"), "gate.costFalsePositive: must be a number in [0, 1000000000], got '25'"),
+        (dict(precision_band=True), "gate.precisionBand: must be a number in [0, 1], got True"),
     ],
 )
 def test_settings_errors_name_the_config_key(settings: dict, message: str) -> None:
@@ -56,7 +56,7 @@ def test_settings_from_stack_config_keys() -> None:
     settings = GateSettings.from_config({"minRecallGain": 0.02, "precisionBand": 0.1, "costMissedFraud": 300})
     assert settings == GateSettings(min_recall_gain=0.02, precision_band=0.1, cost_missed_fraud=300)
     assert GateSettings.from_config(settings.to_config()) == settings
-    with pytest.raises(GateSettingsError, match=r"gate\.recallGain: unknown setting"):
+    with pytest.raises(GateSettingsError, match=r"gate\.recallGain: unknown key \(did you mean minRecallGain\?\)"):
         GateSettings.from_config({"recallGain": 0.1})
 
 

@@ -40,6 +40,7 @@ from infra.service.workload import (
     metrics_service,
     model_metrics_configmap,
     namespace_object,
+    pod_template,
     service_account,
     service_monitor,
     signing_secret,
@@ -63,14 +64,17 @@ def service_objects(
     region: Region | None = None,
 ) -> ServiceObjects:
     """Every object except the namespace, for the stack's strategy (tests render these directly)."""
-    builtin = [service_account(), signing_secret(signing_key), metrics_service(config), autoscaler(config)]
-    builtin += [disruption_budget(), *network_policies(config), *replay_objects(config, image)]
-    metrics_map = model_metrics_configmap(config)
+    mesh = config.enabled("istio")
+    builtin = [service_account(), signing_secret(signing_key), metrics_service(mesh)]
+    builtin += [autoscaler(config.serving, config.strategy), disruption_budget()]
+    builtin += network_policies(mesh=mesh, mlflow=config.enabled("mlflow"), model_uri=config.model.target_uri)
+    builtin += replay_objects(config, image)
+    metrics_map = model_metrics_configmap(config.candidate_metrics)
     if metrics_map is not None:
         builtin.append(metrics_map)
     builtin.append(
         observability.dashboard_configmap(
-            config,
+            config.analysis,
             name=DASHBOARD,
             namespace=NS,
             canary_name=APP,
@@ -80,11 +84,12 @@ def service_objects(
     )
     monitoring = ("monitoring",)
     custom: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-        (monitoring, service_monitor(config)),
+        (monitoring, service_monitor(mesh)),
         (
             monitoring,
             observability.prometheus_rule(
-                config,
+                config.analysis,
+                strategy=config.strategy,
                 name=RULES,
                 namespace=NS,
                 metrics_job=METRICS_SERVICE,
@@ -95,7 +100,7 @@ def service_objects(
         ),
     ]
     if config.strategy == "canary":
-        builtin.insert(0, deployment(config, image))
+        builtin.insert(0, deployment(pod_template(config, image)))
         flagger = ("flagger",)
         custom += [(flagger, t) for t in flagger_metric_templates(config)]
         if config.alerts_enabled and alert_webhook_url is not None:
@@ -139,7 +144,7 @@ class FraudModelService(pulumi.ComponentResource):
         config = args.config
         self._name, self._args = name, args
         self.crds_ready: list[pulumi.Resource] = []
-        self.namespace = self._declare("ns", namespace_object(config), list(args.depends_on))
+        self.namespace = self._declare("ns", namespace_object(config.enabled("istio")), list(args.depends_on))
         signing_key = random.RandomPassword(
             f"{name}-feedback-signing-key", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
         )

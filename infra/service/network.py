@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from infra import charts
-from infra.config import StackConfig
 from infra.service.names import (
     APP,
     REPLAY,
@@ -26,9 +25,9 @@ def _ports(*numbers: int | str, protocol: str = "TCP") -> list[dict[str, Any]]:
     return [{"protocol": protocol, "port": n} for n in numbers]
 
 
-def network_policies(config: StackConfig) -> list[dict[str, Any]]:
-    """Default deny; then exactly the flows the service needs."""
-    mesh = config.enabled("istio")
+def network_policies(*, mesh: bool, mlflow: bool, model_uri: str) -> list[dict[str, Any]]:
+    """Default deny; then exactly the flows the service needs (``mesh``: Istio is on; ``mlflow``: the
+    in-cluster MLflow runs; ``model_uri``: where the served model is loaded from)."""
     flagger_ns, monitoring_ns = charts.NAMESPACES["flagger"], charts.NAMESPACES["monitoring"]
 
     def policy(name: str, selector: Mapping[str, str], spec: dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +64,9 @@ def network_policies(config: StackConfig) -> list[dict[str, Any]]:
         },
     ]
     serving_egress: list[dict[str, Any]] = []
-    if config.enabled("mlflow"):
+    if mlflow:
         serving_egress.append({"to": [_from_namespace(charts.NAMESPACES["mlflow"])], "ports": _ports(5000)})
-    if config.model.target_uri.startswith("s3://"):
+    if model_uri.startswith("s3://"):
         serving_egress.append({"ports": _ports(443)})
     replay_callers = [_from_namespace(flagger_ns), _from_namespace(charts.NAMESPACES["argoRollouts"])]
     policies = [

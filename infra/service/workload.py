@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra import k8s
-from infra.config import StackConfig
+from infra.config import CandidateMetrics, ModelSettings, ServingSettings, StackConfig
 from infra.service.names import (
     APP,
     HEALTH_LIVE,
@@ -35,41 +35,39 @@ from serving.settings import (
 )
 
 
-def namespace_object(config: StackConfig) -> dict[str, Any]:
+def namespace_object(mesh: bool) -> dict[str, Any]:
     """The fraud namespace: in the mesh when Istio is on (then Pod Security can only warn: istio-init
     needs NET_ADMIN), else restricted."""
-    mesh = config.enabled("istio")
     obj = k8s.namespace(NS, mesh=mesh, pod_security=None if mesh else "restricted")
     obj["metadata"]["labels"]["pod-security.kubernetes.io/warn"] = "restricted"
     return obj
 
 
-def serving_config(config: StackConfig) -> ServingConfig:
+def serving_config(model: ModelSettings, serving: ServingSettings) -> ServingConfig:
     return ServingConfig(
-        model_uri=config.model.target_uri,
-        version_label=config.model.target_version,
-        model_name=config.model.name,
+        model_uri=model.target_uri,
+        version_label=model.target_version,
+        model_name=model.name,
         host="0.0.0.0",
         http_port=DEFAULT_HTTP_PORT,
         grpc_port=DEFAULT_GRPC_PORT,
         metrics_port=DEFAULT_METRICS_PORT,
-        max_batch_size=config.serving.max_batch_size,
-        max_batch_time_seconds=config.serving.max_batch_time,
+        max_batch_size=serving.max_batch_size,
+        max_batch_time_seconds=serving.max_batch_time,
     )
 
 
-def serving_env(config: StackConfig) -> list[dict[str, Any]]:
+def serving_env(model: ModelSettings, serving: ServingSettings, *, mlflow_enabled: bool) -> list[dict[str, Any]]:
     """MLServer settings from serving.settings (parallel workers 0, OMP_NUM_THREADS=1, adaptive batching,
     the version label), the shared signing key from its Secret, MLflow access, and the drill's fault."""
-    values = mlserver_environment(serving_config(config))
+    values = mlserver_environment(serving_config(model, serving))
     values["HOME"] = "/tmp"
-    uri = config.model.target_uri
-    if config.enabled("mlflow") and uri.startswith(("models:/", "runs:/")):
+    if mlflow_enabled and model.target_uri.startswith(("models:/", "runs:/")):
         from infra.mlflow import TRACKING_URL
 
         values["MLFLOW_TRACKING_URI"] = TRACKING_URL
-    if config.serving.simulate_error != "false":
-        values[MODE_ENV] = config.serving.simulate_error
+    if serving.simulate_error != "false":
+        values[MODE_ENV] = serving.simulate_error
     env = [{"name": name, "value": value} for name, value in sorted(values.items())]
     env.append(k8s.secret_env(SIGNING_KEY_ENV, SIGNING_SECRET, SIGNING_SECRET_KEY))
     return env
@@ -80,6 +78,8 @@ def _probe(path: str, **timing: int) -> dict[str, Any]:
 
 
 def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
+    # Takes the whole stack because infra/service/bluegreen.py calls it so; it reads serving, model, strategy
+    # and whether MLflow runs.
     s = config.serving
     tmp_volume, tmp_mount = k8s.tmp_volume()
     pod_labels = {
@@ -93,7 +93,7 @@ def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
         "mlserver",
         image,
         args=SERVER_ARGS,
-        env=serving_env(config),
+        env=serving_env(config.model, s, mlflow_enabled=config.enabled("mlflow")),
         ports=[
             {"name": "http", "containerPort": DEFAULT_HTTP_PORT},
             {"name": "grpc", "containerPort": DEFAULT_GRPC_PORT},
@@ -154,9 +154,9 @@ def signing_secret(key: Any) -> dict[str, Any]:
     return k8s.secret(SIGNING_SECRET, NS, {SIGNING_SECRET_KEY: key}, obj_labels=object_labels(SIGNING_SECRET))
 
 
-def deployment(config: StackConfig, image: Any) -> dict[str, Any]:
-    """Flagger's target. No ``replicas``: the HPA owns the count and Flagger scales this copy to zero
-    once a version is promoted, so declaring one would fight both."""
+def deployment(pod: dict[str, Any]) -> dict[str, Any]:
+    """Flagger's target, running ``pod`` (:func:`pod_template`). No ``replicas``: the HPA owns the count
+    and Flagger scales this copy to zero once a version is promoted, so declaring one would fight both."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -165,7 +165,7 @@ def deployment(config: StackConfig, image: Any) -> dict[str, Any]:
             "selector": {"matchLabels": {"app.kubernetes.io/name": APP}},
             "revisionHistoryLimit": 5,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": pod_template(config, image),
+            "template": pod,
         },
     }
 
@@ -185,19 +185,20 @@ def blue_green_services() -> list[dict[str, Any]]:
     ]
 
 
-def metrics_service(config: StackConfig) -> dict[str, Any]:
-    """Headless, selecting every model-server pod once (primary, canary, active, preview alike)."""
+def metrics_service(mesh: bool) -> dict[str, Any]:
+    """Headless, selecting every model-server pod once (primary, canary, active, preview alike); with the
+    mesh, Envoy's metrics too."""
     ports = [{"name": "http-metrics", "port": DEFAULT_METRICS_PORT, "targetPort": "http-metrics"}]
-    if config.enabled("istio"):
+    if mesh:
         ports.append({"name": "http-envoy-prom", "port": 15090, "targetPort": 15090})
     svc = k8s.service(METRICS_SERVICE, NS, WORKLOAD_LABEL, ports, obj_labels=object_labels(METRICS_SERVICE))
     svc["spec"]["clusterIP"] = "None"
     return svc
 
 
-def service_monitor(config: StackConfig) -> dict[str, Any]:
+def service_monitor(mesh: bool) -> dict[str, Any]:
     endpoints = [{"port": "http-metrics", "path": METRICS_PATH, "interval": "15s"}]
-    if config.enabled("istio"):
+    if mesh:
         endpoints.append({"port": "http-envoy-prom", "path": "/stats/prometheus", "interval": "15s"})
     return {
         "apiVersion": "monitoring.coreos.com/v1",
@@ -211,11 +212,11 @@ def service_monitor(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def autoscaler(config: StackConfig) -> dict[str, Any]:
-    s = config.serving
+def autoscaler(serving: ServingSettings, strategy: str) -> dict[str, Any]:
+    s = serving
     target = (
         {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP}
-        if config.strategy == "canary"
+        if strategy == "canary"
         else {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": APP}
     )
     return {
@@ -249,18 +250,17 @@ def disruption_budget() -> dict[str, Any]:
     }
 
 
-def model_metrics_configmap(config: StackConfig) -> dict[str, Any] | None:
+def model_metrics_configmap(metrics: CandidateMetrics | None) -> dict[str, Any] | None:
     """``model-metrics-<version>``: the candidate's offline evaluation next to what serves it (or None
     when model.metricsFile is not set; config validation already refused a missing or mismatched file)."""
-    if not config.model.metrics_json:
+    if metrics is None:
         return None
-    version = config.model.candidate_version
-    name = f"model-metrics-{version}"
-    metadata = meta(name, {VERSION_POD_LABEL: version})
-    metadata["annotations"] = {"fraud-platform/source": config.model.metrics_file}
+    name = f"model-metrics-{metrics.version}"
+    metadata = meta(name, {VERSION_POD_LABEL: metrics.version})
+    metadata["annotations"] = {"fraud-platform/source": metrics.path}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata,
-        "data": {"metrics.json": config.model.metrics_json},
+        "data": {"metrics.json": metrics.json},
     }

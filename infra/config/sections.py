@@ -1,0 +1,220 @@
+"""The sections of the stack config: each key declared once (type, constraint, default, camelCase key).
+
+``analysis`` is declared in rollout/settings.py and ``gate`` in model/gate.py (their owners' code reads them
+too); infra/config/stack.py composes all of them. Defaults here are the project's defaults: Pulumi.yaml's
+``config:`` block is generated from these models (infra/config/schema.py), never edited by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, StrictBool
+
+from fraudctl.settings import StrictSettings
+from infra.config.values import (
+    BucketName,
+    CpuQuantity,
+    DnsLabel,
+    ExactVersion,
+    GitRevision,
+    GitUrl,
+    HostName,
+    ImageTag,
+    MemoryQuantity,
+    ModelName,
+    ModelUri,
+    ObjectKey,
+    PinnedImage,
+    SimulatedFault,
+    StorageQuantity,
+    Text,
+    VersionLabel,
+    url,
+)
+
+ChartRepository = Annotated[str, url("https", "oci", what="a chart repository: https:// or oci://")]
+ApiServer = Annotated[str, url("https", what="this region's Kubernetes API, https://host[:port]")]
+
+
+class Region(StrictSettings):
+    """One region: its own cluster (``context``), data bucket, Harbor and rollout wave."""
+
+    name: DnsLabel
+    context: Text = Field(description="the kubeconfig context of this region's own cluster")
+    kubeconfig: Text | None = None
+    data_bucket: BucketName | None = None
+    registry_host: HostName | None = None
+    # Rollout wave (0 first): a region starts its canary only after every region of the previous wave
+    # promoted. Default: its position in ``regions`` (infra/config/stack.py fills it in).
+    wave: int = Field(0, ge=0, le=100)
+    # The URL other regions' wave gates read this region's rollout status from (required when a later wave
+    # waits on this region).
+    api_server: ApiServer | None = None
+
+
+class Component(StrictSettings):
+    """A platform component: on or off, at an exact version."""
+
+    enabled: StrictBool = True
+    version: ExactVersion
+
+
+class ChartComponent(Component):
+    """A platform component installed from a Helm chart: the vendored archive charts/<chart>-<version>.tgz by
+    default (infra/chart_archives.py), or ``repository`` when set (a remote chart repository)."""
+
+    repository: ChartRepository | None = None
+
+
+class ServerComponent(Component):
+    """A platform component built from plain objects (no chart, so no repository)."""
+
+    @property
+    def repository(self) -> None:
+        return None
+
+
+def _chart(version: str) -> Any:
+    return Field(default_factory=lambda: ChartComponent(version=version))
+
+
+class PlatformSettings(StrictSettings):
+    """Platform components per region; versions are exact chart versions (no ranges)."""
+
+    istio: ChartComponent = _chart("1.24.2")
+    argocd: ChartComponent = _chart("7.7.11")
+    argo_workflows: ChartComponent = _chart("0.45.4")
+    argo_rollouts: ChartComponent = _chart("2.38.2")
+    flagger: ChartComponent = _chart("1.40.0")
+    flagger_loadtester: ChartComponent = _chart("0.34.0")
+    monitoring: ChartComponent = _chart("66.3.1")
+    harbor: ChartComponent = _chart("1.16.2")
+    # MLflow is not a chart: version is the MLflow server release, run from the project image.
+    mlflow: ServerComponent = Field(default_factory=lambda: ServerComponent(version="3.17.2"))
+
+    def by_key(self) -> dict[str, ChartComponent | ServerComponent]:
+        """Each component under its stack key (``argoWorkflows``...)."""
+        return {field.alias or name: getattr(self, name) for name, field in type(self).model_fields.items()}
+
+
+def _component_keys(kind: type[Component]) -> tuple[str, ...]:
+    return tuple(
+        field.alias or name for name, field in PlatformSettings.model_fields.items() if field.annotation is kind
+    )
+
+
+# Platform components that are Helm charts; mlflow is built from plain objects (see infra/mlflow.py).
+CHART_COMPONENTS = _component_keys(ChartComponent)
+COMPONENTS = (*CHART_COMPONENTS, *_component_keys(ServerComponent))
+
+
+def _empty_or_endpoint(value: str) -> str:
+    return value if value == "" else url("https", "http", what="the S3 endpoint URL").func(value)
+
+
+class MlflowSettings(StrictSettings):
+    """MLflow tracking: PostgreSQL backend, artifacts in the in-cluster MinIO or an existing bucket."""
+
+    artifact_store: Literal["minio", "bucket"] = "minio"
+    bucket: BucketName = "mlflow-artifacts"
+    # The S3 endpoint of an existing bucket (artifactStore bucket); "" with minio.
+    endpoint: Annotated[str, AfterValidator(_empty_or_endpoint)] = ""
+    region: Text = "us-east-1"
+    postgres_image: PinnedImage = "postgres:16.6-bookworm"
+    minio_image: PinnedImage = "quay.io/minio/minio:RELEASE.2024-12-18T13-15-44Z"
+    storage_size: StorageQuantity = "10Gi"
+
+
+class RegistrySettings(StrictSettings):
+    """The Harbor registry the project image is pushed to."""
+
+    host: HostName = "harbor.fraud.local"
+    project: Annotated[DnsLabel, Field(description="a Harbor project name")] = "fraud"
+
+
+class ServingSettings(StrictSettings):
+    """The fraud model's MLServer deployment."""
+
+    replicas: int = Field(2, ge=1, le=100)
+    min_replicas: int = Field(2, ge=1, le=100)
+    max_replicas: int = Field(6, ge=1, le=500)
+    target_cpu_utilization: int = Field(70, ge=10, le=95)
+    cpu_request: CpuQuantity = "250m"
+    cpu_limit: CpuQuantity = "1"
+    memory_request: MemoryQuantity = "512Mi"
+    memory_limit: MemoryQuantity = "1Gi"
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    # Measured on 2 cores with the real model (fraudctl bench serving): 1 ms keeps single-row p99 under
+    # 10 ms and lets concurrent requests share one predict; 5 ms raised p99 to 16 ms for no extra gain.
+    max_batch_time: float = Field(0.001, ge=0.0, le=1.0)
+    image_tag: ImageTag = "0.1.0"
+    # SIMULATE_ERROR of the rolled-out version, for the rollback drill ("false": no fault; docs/ROLLOUT.md).
+    simulate_error: SimulatedFault = "false"
+    # Fault injection in environment prod is refused unless this says it is meant (infra/config/rules.py).
+    allow_fault_injection_in_production: StrictBool = False
+
+
+class ModelSettings(StrictSettings):
+    """The model being rolled out: the version now serving (stable) and the one to roll out (candidate)."""
+
+    TARGETS: ClassVar[tuple[str, ...]] = ("candidate", "stable")
+
+    name: ModelName = "fraud-detector"
+    stable_version: VersionLabel = "v1"
+    stable_uri: ModelUri = "models:/fraud-detector@champion"
+    candidate_version: VersionLabel = "v2"
+    candidate_uri: ModelUri = "models:/fraud-detector@challenger"
+    # Which of the two the workload declares: stable to seed a fresh cluster, candidate to roll out.
+    target: Literal["candidate", "stable"] = "candidate"
+    # The candidate's evaluation metrics JSON (relative: under $FRAUD_HOME); "" publishes none.
+    metrics_file: str = ""
+
+    @property
+    def target_version(self) -> str:
+        return self.candidate_version if self.target == "candidate" else self.stable_version
+
+    @property
+    def target_uri(self) -> str:
+        return self.candidate_uri if self.target == "candidate" else self.stable_uri
+
+
+_GIT_HTTPS_URL = re.compile(r"https://[^/\s]+/(?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+?)(\.git)?/?")
+
+
+def _no_trailing_slash(value: str) -> str:
+    return value.rstrip("/")
+
+
+GitHubApi = Annotated[str, url("https", "http", what="the GitHub REST API"), AfterValidator(_no_trailing_slash)]
+
+
+class GitSettings(StrictSettings):
+    """The repository this program lives in: Argo CD syncs it, the training pipeline proposes to it."""
+
+    url: GitUrl = "https://github.com/example-org/fraud-platform.git"
+    revision: GitRevision = "main"
+    api_url: GitHubApi = "https://api.github.com"
+
+    @property
+    def github_repository(self) -> str | None:
+        """``owner/name`` when ``url`` is a GitHub-style https URL, else None."""
+        match = _GIT_HTTPS_URL.fullmatch(self.url)
+        return f"{match['owner']}/{match['name']}" if match else None
+
+
+class PipelineSettings(StrictSettings):
+    """The training pipeline (Argo WorkflowTemplate ``fraud-model-training``), see infra/pipeline.py."""
+
+    # What the training steps request (infra/pipeline.py); the limits below may not be smaller.
+    TRAIN_CPU_REQUEST: ClassVar[str] = "500m"
+    TRAIN_MEMORY_REQUEST: ClassVar[str] = "2Gi"
+
+    enabled: StrictBool = True
+    propose: Literal["pull-request", "commit"] = "pull-request"
+    workspace_size: StorageQuantity = "4Gi"
+    buildkit_image: PinnedImage = "moby/buildkit:v0.18.2-rootless"
+    data_key: ObjectKey = "creditcard.csv"
+    train_cpu_limit: CpuQuantity = "2"
+    train_memory_limit: MemoryQuantity = "6Gi"

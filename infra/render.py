@@ -31,6 +31,17 @@ SECRET_MARKER = "<secret>"
 # Values the mocks hand out for generated secrets: tests assert none of them leaks into plain output.
 MOCK_SECRET_PREFIX = "mock-secret-"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+TLS_CERT_REQUEST = "tls:index/certRequest:CertRequest"
+# pulumi-tls resources the mocks compute outputs for (as the tls provider would).
+TLS_OUTPUTS = frozenset(
+    {
+        TLS_PRIVATE_KEY,
+        TLS_CERT_REQUEST,
+        "tls:index/selfSignedCert:SelfSignedCert",
+        "tls:index/locallySignedCert:LocallySignedCert",
+    }
+)
 
 
 @dataclass
@@ -185,6 +196,10 @@ def _secret(value: Any) -> dict[str, Any]:
     return {SECRET_SIG: SECRET_VALUE_SIG, "value": value}
 
 
+def _pem(label: str, body: str) -> str:
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+
+
 def _build_mocks() -> Any:
     from pulumi.runtime import mocks
 
@@ -205,6 +220,8 @@ def _build_mocks() -> Any:
                 # The random provider marks these outputs secret; so must the mock.
                 state["result"] = _secret(value)
                 state["bcryptHash"] = _secret(bcrypt)
+            elif args.typ in TLS_OUTPUTS:
+                state.update(self._tls(args.typ, args.name))
             elif args.typ == HELM_RELEASE:
                 state["status"] = {
                     "name": args.inputs.get("name", args.name),
@@ -219,6 +236,29 @@ def _build_mocks() -> Any:
                 digest = hashlib.sha256(name.encode()).hexdigest()
                 state["repoDigest"] = f"{name.rsplit(':', 1)[0]}@sha256:{digest}"
             return f"{args.name}-id", state
+
+        def _tls(self, typ: str, name: str) -> dict[str, Any]:
+            """What the tls provider computes: PEM-shaped placeholders, private keys marked secret (as the
+            provider's additional secret outputs) and remembered so the leak test can look for them."""
+            digest = hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()
+            if typ == TLS_PRIVATE_KEY:
+                key = MOCK_SECRET_PREFIX + digest
+                self.generated_secrets.append(key)
+                pem = _pem("PRIVATE KEY", key)
+                return {
+                    "privateKeyPem": _secret(pem),
+                    "privateKeyPemPkcs8": _secret(pem),
+                    "privateKeyOpenssh": _secret(_pem("OPENSSH PRIVATE KEY", key)),
+                    "publicKeyPem": _pem("PUBLIC KEY", f"mock-public-{digest}"),
+                }
+            if typ == TLS_CERT_REQUEST:
+                return {"certRequestPem": _pem("CERTIFICATE REQUEST", f"mock-csr-{digest}")}
+            return {
+                "certPem": _pem("CERTIFICATE", f"mock-cert-{digest}"),
+                "readyForRenewal": False,
+                "validityStartTime": "2026-01-01T00:00:00Z",
+                "validityEndTime": "2027-01-01T00:00:00Z",
+            }
 
         def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], None]:
             return {}, None

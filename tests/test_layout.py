@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_PACKAGES = ("ops", "rollout", "serving", "model", "rehearsal")
 # Blocked for the runtime packages: importing any of these raises ImportError in the child process.
-PULUMI_MODULES = ("pulumi", "pulumi_kubernetes", "pulumi_random", "pulumi_docker")
+PULUMI_MODULES = ("pulumi", "pulumi_kubernetes", "pulumi_random", "pulumi_docker", "pulumi_tls")
 
 
 def _modules(package: str) -> list[str]:

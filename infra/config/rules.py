@@ -161,6 +161,48 @@ def _waves_are_ordered_and_reachable(c: Any) -> Problems:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Registry (infra/registry.py, docs/CLUSTER.md)
+
+
+@rule("registry")
+def _registry_name_and_port(c: Any) -> Problems:
+    from infra.config.sections import NODE_PORTS
+
+    r = c.registry
+    if ":" in r.host:
+        yield "registry.host", f"{r.host!r} carries a port; give the host only and the port as registry.port"
+    low, high = NODE_PORTS
+    if r.exposure == "nodePort" and not low <= r.port <= high:
+        yield (
+            "registry.port",
+            f"{r.port} is not a node port ({low}-{high}); with exposure nodePort the registry's port is its node "
+            "port too. Use e.g. 30003, or exposure loadBalancer",
+        )
+
+
+@rule("regions")
+def _region_registry_hosts_have_no_port(c: Any) -> Problems:
+    for i, region in enumerate(c.regions):
+        if region.registry_host and ":" in region.registry_host:
+            yield (
+                f"regions[{i}].registryHost",
+                f"{region.registry_host!r} carries a port; give the host only (the port is registry.port)",
+            )
+
+
+@rule("registry", "registry_ca_key")
+def _registry_ca_comes_with_its_key(c: Any) -> Problems:
+    if c.registry.ca_cert_file and c.registry_ca_key is None:
+        yield (
+            "registryCaKey",
+            "is required with registry.caCertFile (the CA's private key signs Harbor's certificate): "
+            "`pulumi config set --secret registryCaKey < .cluster/ca.key`",
+        )
+    elif c.registry_ca_key is not None and not c.registry.ca_cert_file:
+        yield "registry.caCertFile", "is required with registryCaKey: the PEM file of that key's CA certificate"
+
+
+# ---------------------------------------------------------------------------------------------------
 # Serving
 
 

@@ -21,7 +21,9 @@ from infra.config.values import (
     GitRevision,
     GitUrl,
     HostName,
+    ImageByDigest,
     ImageTag,
+    IpAddress,
     MemoryQuantity,
     ModelName,
     ModelUri,
@@ -127,11 +129,36 @@ class MlflowSettings(StrictSettings):
     storage_size: StorageQuantity = "10Gi"
 
 
+# NodePorts the API server hands out (kube-apiserver --service-node-port-range default).
+NODE_PORTS = (30000, 32767)
+
+
 class RegistrySettings(StrictSettings):
-    """The Harbor registry the project image is pushed to."""
+    """The Harbor registry the project images are pushed to and pulled from, under one name everywhere:
+    ``<host>:<port>`` (docs/CLUSTER.md, "The image path"; infra/registry.py)."""
 
     host: HostName = "harbor.fraud.local"
+    # The port in the registry's name: the port of Service harbor-registry and, with exposure nodePort, its
+    # node port too (kind maps it to the host).
+    port: int = Field(30003, ge=1, le=65535)
     project: Annotated[DnsLabel, Field(description="a Harbor project name")] = "fraud"
+    # nodePort (kind, any cluster whose nodes the pushing host reaches) or loadBalancer (a cloud's load
+    # balancer, its DNS record pointing the host at it).
+    exposure: Literal["nodePort", "loadBalancer"] = "nodePort"
+    # The static ClusterIP of harbor-registry, inside the cluster's service CIDR: pods (hostAliases) and nodes
+    # (/etc/hosts) reach the registry's name there. The default is in the static band of kind's 10.96.0.0/16
+    # (KEP-3070: the lowest 256 addresses are left to static assignment). "": allocated by the cluster, and the
+    # host must resolve through DNS.
+    cluster_ip: IpAddress = Field("10.96.0.30", alias="clusterIP")
+    # PEM file (relative to the project) of the CA that signs Harbor's certificate, e.g. the .cluster/ca.crt
+    # that `fraudctl cluster ca` writes; its private key is the secret registryCaKey. "": the program keeps a CA
+    # of its own in its state (output registryCa; trust it before pushing).
+    ca_cert_file: str = ""
+
+    def address(self, region_host: str | None = None) -> str:
+        """``host:port`` as images name the registry (``host`` alone on 443, as docker and containerd key it)."""
+        host = region_host or self.host
+        return host if self.port == 443 else f"{host}:{self.port}"
 
 
 class ServingSettings(StrictSettings):
@@ -166,6 +193,9 @@ class ModelSettings(StrictSettings):
     stable_uri: ModelUri = "models:/fraud-detector@champion"
     candidate_version: VersionLabel = "v2"
     candidate_uri: ModelUri = "models:/fraud-detector@challenger"
+    # The serving image the training pipeline built for the candidate, by digest (propose-version sets it with
+    # the version); the workload runs it while the candidate is the target. "": the image this program builds.
+    candidate_image: ImageByDigest = ""
     # Which of the two the workload declares: stable to seed a fresh cluster, candidate to roll out.
     target: Literal["candidate", "stable"] = "candidate"
     # The candidate's evaluation metrics JSON (relative: under $FRAUD_HOME); "" publishes none.

@@ -110,7 +110,18 @@ class StackSettings(StrictSettings):
     )
     registry: RegistrySettings = Field(
         default_factory=RegistrySettings,
-        description="Harbor registry the project image is pushed to: host (Harbor's external name), project.",
+        description="Harbor, where the project images are pushed and pulled, under one name <host>:<port> "
+        "everywhere (docs/CLUSTER.md): host, port (with exposure nodePort also the node port, 30000-32767), "
+        "project, exposure (nodePort or loadBalancer), clusterIP (static ClusterIP of Service harbor-registry, "
+        "inside the service CIDR; pods and nodes map the host to it; \"\" to leave it to the cluster and DNS), "
+        "caCertFile (PEM of the CA that signs Harbor's certificate, e.g. .cluster/ca.crt from `fraudctl cluster "
+        "ca`; its key is the secret registryCaKey; \"\" keeps a CA in the program's state).",
+    )
+    registry_ca_key: secret("registryCaKey") = Field(  # type: ignore[valid-type]
+        None,
+        description="Private key (PEM) of the CA in registry.caCertFile, which signs Harbor's certificate; a "
+        "secret: `pulumi config set --secret registryCaKey < .cluster/ca.key`. Set exactly when "
+        "registry.caCertFile is.",
     )
     serving: ServingSettings = Field(
         default_factory=ServingSettings,
@@ -122,8 +133,9 @@ class StackSettings(StrictSettings):
     model: ModelSettings = Field(
         default_factory=ModelSettings,
         description="The model being rolled out: registered name, the version now serving (stable) and the one "
-        "to roll out (candidate), as registry versions with labels. target: which of the two the workload "
-        "declares (stable to seed a fresh cluster, candidate to roll out). metricsFile: the candidate's "
+        "to roll out (candidate), as registry versions with labels; candidateImage: the serving image the training "
+        "pipeline built for the candidate, by digest (\"\": the one this program builds). target: which of the two "
+        "the workload declares (stable to seed a fresh cluster, candidate to roll out). metricsFile: the candidate's "
         "evaluation metrics JSON (relative paths are under $FRAUD_HOME), published as ConfigMap "
         "model-metrics-<version>; empty publishes none.",
     )
@@ -199,6 +211,15 @@ class StackSettings(StrictSettings):
 
 
 @dataclass(frozen=True)
+class RegistryCa:
+    """registry.caCertFile, read and checked: the CA certificate (PEM) that signs Harbor's certificate."""
+
+    path: str
+    pem: str
+    subject: str
+
+
+@dataclass(frozen=True)
 class CandidateMetrics:
     """model.metricsFile, read and checked: published as ConfigMap ``model-metrics-<version>``."""
 
@@ -212,6 +233,7 @@ class StackConfig(StackSettings):
 
     stack: str
     candidate_metrics: CandidateMetrics | None = None
+    registry_ca: RegistryCa | None = None
 
 
 def stack_keys() -> list[str]:
@@ -261,9 +283,54 @@ def parse_config(raw: Mapping[str, Any], *, stack: str) -> StackConfig:
     if "model" in values and values["model"].metrics_file:
         metrics, metric_problems = read_candidate_metrics("model.metricsFile", values["model"])
         found.extend(metric_problems)
+    registry_ca = None
+    if "registry" in values and values["registry"].ca_cert_file:
+        registry_ca, ca_problems = read_registry_ca("registry.caCertFile", values["registry"].ca_cert_file)
+        found.extend(ca_problems)
     if found:
         raise ConfigError(found)
-    return StackConfig.model_construct(stack=stack, candidate_metrics=metrics, **values)
+    return StackConfig.model_construct(stack=stack, candidate_metrics=metrics, registry_ca=registry_ca, **values)
+
+
+# A CA certificate is about a kilobyte; anything this big is not one.
+MAX_CA_FILE_BYTES = 64 * 1024
+
+
+def read_registry_ca(key: str, file: str) -> tuple[RegistryCa | None, list[str]]:
+    """The registry CA certificate: a PEM file (relative paths under the project) holding one CA certificate
+    that is valid now."""
+    import datetime
+
+    from cryptography import x509
+
+    path = Path(file).expanduser()
+    if not path.is_absolute():
+        path = PROJECT_ROOT / path
+    hint = "`fraudctl cluster ca` writes one (docs/CLUSTER.md)"
+    try:
+        data = read_bounded(path, MAX_CA_FILE_BYTES)
+    except FileNotFoundError:
+        return None, [f'{key}: {path} does not exist; {hint}, or set the key to "" to keep a CA in the state']
+    except ValueError as exc:
+        return None, [f"{key}: {path} {exc}"]
+    except OSError as exc:
+        return None, [f"{key}: {path} cannot be read ({exc.strerror})"]
+    try:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return None, [f"{key}: {path} is not a PEM certificate (-----BEGIN CERTIFICATE-----); {hint}"]
+    try:
+        is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        return None, [f"{key}: {path} is not a CA certificate (no basicConstraints CA:TRUE); {hint}"]
+    now = datetime.datetime.now(datetime.UTC)
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        window = f"{certificate.not_valid_before_utc:%Y-%m-%d} to {certificate.not_valid_after_utc:%Y-%m-%d}"
+        return None, [f"{key}: {path} is valid from {window}, not now; make a new CA ({hint})"]
+    subject = certificate.subject.rfc4514_string()
+    return RegistryCa(str(path), data.decode("ascii"), subject), []
 
 
 def read_candidate_metrics(key: str, model: ModelSettings) -> tuple[CandidateMetrics | None, list[str]]:
@@ -331,6 +398,7 @@ __all__ = [
     "STRATEGIES",
     "CandidateMetrics",
     "ConfigError",
+    "RegistryCa",
     "SecretRef",
     "StackConfig",
     "StackSettings",

@@ -7,6 +7,7 @@ what is allowed, and never echo a credential (a URL carrying one is not quoted b
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -150,8 +151,32 @@ def _pinned_image(value: str) -> str:
     return value
 
 
+def _image_by_digest(value: str) -> str:
+    if value == "":
+        return value
+    if "@sha256:" not in value:
+        raise ValueError(
+            f'must be an image pinned by digest (registry/name@sha256:<64 hex>) or "", got {shown(value)}'
+        )
+    return _pinned_image(value)
+
+
+def _ip_address(value: str) -> str:
+    if value == "":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f'must be an IP address such as 10.96.0.30, or "" to leave it to the cluster, got {shown(value)}'
+        ) from None
+    return value
+
+
 ExactVersion = Annotated[str, BeforeValidator(_no_float), AfterValidator(_exact_version)]
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
+ImageByDigest = Annotated[str, AfterValidator(_image_by_digest)]
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
 
 # ---------------------------------------------------------------------------------------------------
 # URLs: never with credentials (they would sit in plain text in state, manifests and outputs)
@@ -286,7 +311,9 @@ __all__ = [
     "GitRevision",
     "GitUrl",
     "HostName",
+    "ImageByDigest",
     "ImageTag",
+    "IpAddress",
     "MemoryQuantity",
     "ModelName",
     "ModelUri",

@@ -1,4 +1,4 @@
-"""Helm values for each platform chart, as plain functions of the stack config.
+"""Helm values for each platform chart, as plain functions of the parts of the stack config they use.
 
 No secret ever appears here in plain text: charts are pointed at Secrets the program creates
 (``existingSecret``-style keys), and the one value a chart only takes inline (Harbor's internal
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.chart_archives import CHARTS_DIR, archive_name
-from infra.config import Component, StackConfig
+from infra.config import Component
 
 # Namespaces of the platform, one per component.
 NAMESPACES = {
@@ -101,19 +101,20 @@ def _resources(cpu: str, memory: str, cpu_limit: str | None = None, memory_limit
     }
 
 
-def _small(config: StackConfig) -> bool:
-    return config.environment == "dev"
+def small_footprint(environment: str) -> bool:
+    """dev runs one replica of each controller and keeps less history."""
+    return environment == "dev"
 
 
-def istio_base_values(config: StackConfig) -> dict[str, Any]:
+def istio_base_values() -> dict[str, Any]:
     return {"defaultRevision": "default"}
 
 
-def istiod_values(config: StackConfig) -> dict[str, Any]:
+def istiod_values(*, small: bool, version: str) -> dict[str, Any]:
     return {
         "pilot": {
-            "autoscaleEnabled": not _small(config),
-            "replicaCount": 1 if _small(config) else 2,
+            "autoscaleEnabled": not small,
+            "replicaCount": 1 if small else 2,
             "resources": _resources("100m", "256Mi", "1", "1Gi"),
         },
         "meshConfig": {
@@ -126,13 +127,13 @@ def istiod_values(config: StackConfig) -> dict[str, Any]:
             # into the published chart (charts/SOURCES.md). Set here so both sources run the release images,
             # pilot and the injected sidecars alike.
             "hub": ISTIO_HUB,
-            "tag": config.components["istio"].version,
+            "tag": version,
             "proxy": {"resources": _resources("50m", "64Mi", "500m", "256Mi")},
         },
     }
 
 
-def argocd_values(config: StackConfig) -> dict[str, Any]:
+def argocd_values() -> dict[str, Any]:
     return {
         # The admin password hash and server key live in argocd-secret, which the program creates.
         "configs": {
@@ -149,7 +150,7 @@ def argocd_values(config: StackConfig) -> dict[str, Any]:
 
 
 def argo_workflows_values(
-    config: StackConfig, artifact_endpoint: str, artifact_bucket: str, static_credentials: bool
+    *, monitoring: bool, artifact_endpoint: str, artifact_bucket: str, static_credentials: bool
 ) -> dict[str, Any]:
     s3: dict[str, Any] = {
         "bucket": artifact_bucket,
@@ -165,7 +166,7 @@ def argo_workflows_values(
         "controller": {
             "workflowNamespaces": [NAMESPACES["argoWorkflows"], FRAUD_NAMESPACE],
             "metricsConfig": {"enabled": True},
-            "serviceMonitor": {"enabled": config.enabled("monitoring")},
+            "serviceMonitor": {"enabled": monitoring},
         },
         "server": {"authModes": ["client"], "secure": False},
         "workflow": {"serviceAccount": {"create": True, "name": "argo-workflow"}, "rbac": {"create": True}},
@@ -174,18 +175,18 @@ def argo_workflows_values(
     }
 
 
-def argo_rollouts_values(config: StackConfig) -> dict[str, Any]:
+def argo_rollouts_values(*, small: bool, monitoring: bool) -> dict[str, Any]:
     return {
         "installCRDs": True,
         "dashboard": {"enabled": True},
         "controller": {
-            "replicas": 1 if _small(config) else 2,
-            "metrics": {"enabled": True, "serviceMonitor": {"enabled": config.enabled("monitoring")}},
+            "replicas": 1 if small else 2,
+            "metrics": {"enabled": True, "serviceMonitor": {"enabled": monitoring}},
         },
     }
 
 
-def flagger_values(config: StackConfig) -> dict[str, Any]:
+def flagger_values(*, monitoring: bool) -> dict[str, Any]:
     return {
         "meshProvider": "istio",
         "metricsServer": PROMETHEUS_URL,
@@ -193,12 +194,12 @@ def flagger_values(config: StackConfig) -> dict[str, Any]:
         # values.yaml) would template the same three again and Helm 3 fails the release (fluxcd/flagger#1199).
         "crd": {"create": False},
         "prometheus": {"install": False},
-        "serviceMonitor": {"enabled": config.enabled("monitoring")},
+        "serviceMonitor": {"enabled": monitoring},
         "resources": _resources("50m", "64Mi", "500m", "256Mi"),
     }
 
 
-def flagger_loadtester_values(config: StackConfig) -> dict[str, Any]:
+def flagger_loadtester_values() -> dict[str, Any]:
     return {
         "cmd": {"timeout": "1h"},
         "resources": _resources("50m", "64Mi", "500m", "256Mi"),
@@ -207,7 +208,7 @@ def flagger_loadtester_values(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def monitoring_values(config: StackConfig) -> dict[str, Any]:
+def monitoring_values(*, small: bool) -> dict[str, Any]:
     return {
         "prometheus": {
             "prometheusSpec": {
@@ -215,7 +216,7 @@ def monitoring_values(config: StackConfig) -> dict[str, Any]:
                 "serviceMonitorSelectorNilUsesHelmValues": False,
                 "podMonitorSelectorNilUsesHelmValues": False,
                 "ruleSelectorNilUsesHelmValues": False,
-                "retention": "7d" if _small(config) else "15d",
+                "retention": "7d" if small else "15d",
                 "resources": _resources("200m", "512Mi", "1", "2Gi"),
             }
         },
@@ -234,19 +235,27 @@ def monitoring_values(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def harbor_values(config: StackConfig, host: str, database_password: Any) -> dict[str, Any]:
+def harbor_values(
+    *, address: str, tls_secret: str, small: bool, monitoring: bool, database_password: Any
+) -> dict[str, Any]:
+    """Harbor behind its own ClusterIP Service, TLS from ``tls_secret`` (the program's certificate, see
+    infra/registry.py), ``externalURL`` the registry's one name ``address`` (host:port): the token realm it
+    hands out is then the name clients already reach."""
     return {
         "expose": {
-            "type": "ingress",
-            "tls": {"enabled": True, "certSource": "auto"},
-            "ingress": {"hosts": {"core": host}},
+            "type": "clusterIP",
+            "tls": {"enabled": True, "certSource": "secret", "secret": {"secretName": tls_secret}},
+            "clusterIP": {"name": "harbor"},
         },
-        "externalURL": f"https://{host}",
+        "externalURL": f"https://{address}",
+        # The portal offers the CA for download; core, jobservice, registry and trivy trust it.
+        "caSecretName": tls_secret,
+        "caBundleSecretName": tls_secret,
         "existingSecretAdminPassword": HARBOR_ADMIN_SECRET,
         "existingSecretAdminPasswordKey": "HARBOR_ADMIN_PASSWORD",
         "existingSecretSecretKey": HARBOR_SECRET_KEY_SECRET,
         "database": {"type": "internal", "internal": {"password": database_password}},
-        "metrics": {"enabled": True, "serviceMonitor": {"enabled": config.enabled("monitoring")}},
-        "trivy": {"enabled": not _small(config)},
+        "metrics": {"enabled": True, "serviceMonitor": {"enabled": monitoring}},
+        "trivy": {"enabled": not small},
         "persistence": {"enabled": True},
     }

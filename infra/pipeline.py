@@ -15,10 +15,13 @@ Steps (each a pod running the project's own code in the project image, except th
 * ``register``: ``fraudctl pipeline register-challenger`` checks the gate moved the ``challenger``
   alias onto this candidate, tags it with the workflow and source revision, and hands the registry
   version on.
-* ``build-image``: rootless BuildKit builds ``serving/Dockerfile`` from the same source revision and
-  pushes it to this region's Harbor (credentials: the Harbor admin Secret, as a docker config).
-* ``propose``: ``fraudctl propose-version`` edits ``Pulumi.<stack>.yaml`` (model.candidateVersion and
-  candidateUri) and opens a pull request, or pushes a commit, per ``pipeline.propose``.
+* ``build-image``: rootless BuildKit builds the Dockerfile's ``serving`` target from the same source
+  revision and pushes it to this region's Harbor by its one name (host:port mapped to the registry's
+  ClusterIP, the registry CA trusted through buildkitd.toml; credentials: the Harbor admin Secret, as a
+  docker config). BuildKit's metadata file names the pushed digest.
+* ``propose``: ``fraudctl propose-version`` edits ``Pulumi.<stack>.yaml`` (model.candidateVersion,
+  candidateUri and candidateImage, the digest just pushed) and opens a pull request, or pushes a commit,
+  per ``pipeline.propose``.
 
 MLflow receives every run's params, metrics and plots (the tracking server proxies artifacts to the
 region's store). Endpoints come from the platform components; credentials only via ``secretKeyRef``.
@@ -47,6 +50,9 @@ SERVICE_ACCOUNT = "fraud-training"
 EXECUTOR_ROLE = "fraud-training-executor"
 S3_SECRET = "fraud-pipeline-s3"
 HARBOR_SECRET = "fraud-pipeline-harbor"
+# buildkitd.toml and the registry CA for the build step.
+BUILDKIT_CONFIG = "fraud-pipeline-buildkit"
+BUILDKIT_CONFIG_DIR = "/etc/buildkit"
 # Created from the secret config key gitToken, or by an operator when it is not set (docs/PIPELINE.md).
 GIT_SECRET = "fraud-pipeline-git"
 GIT_SECRET_USERNAME_KEY = "username"
@@ -56,8 +62,9 @@ FRAUD_HOME = f"{WORKSPACE}/fraud"
 REPORTS_DIR = f"{FRAUD_HOME}/reports"
 SOURCE_PATH = f"{WORKSPACE}/src"
 OUTPUTS_DIR = "/tmp/outputs"
-DOCKERFILE = "serving/Dockerfile"
-IMAGE_NAME = "fraud-platform"
+DOCKERFILE = "Dockerfile"
+BUILD_TARGET = "serving"  # the model server's image: what the proposal rolls out with the model
+IMAGE_NAME = f"fraud-{BUILD_TARGET}"  # infra.registry.image_name (not imported: it loads the Pulumi SDK)
 BUILDKIT_UID = 1000  # the rootless BuildKit image's user
 STEPS = (
     "fetch-data",
@@ -75,10 +82,12 @@ STEPS = (
 class PipelineEndpoints:
     """Where the steps reach the platform, from the region's components."""
 
-    image: Any  # the project image (fraudctl), a tag or a pushed digest
+    image: Any  # the tools image (fraudctl), a tag or a pushed digest
     tracking_url: str
-    registry_host: str  # this region's Harbor
+    registry: str  # this region's Harbor, host:port
     registry_project: str  # its project the images are pushed to
+    # hostAliases that map the registry's host to its ClusterIP (none: DNS resolves it)
+    registry_aliases: tuple[Mapping[str, Any], ...]
     s3_endpoint: str
     s3_region: str
     # Secret (in the pipeline namespace) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; None: pod identity.
@@ -86,7 +95,7 @@ class PipelineEndpoints:
 
     @property
     def image_repository(self) -> str:
-        return f"{self.registry_host}/{self.registry_project}/{IMAGE_NAME}"
+        return f"{self.registry}/{self.registry_project}/{IMAGE_NAME}"
 
 
 def _param(name: str) -> str:
@@ -314,7 +323,8 @@ def workflow_template(
 
 def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, git: GitSettings) -> dict[str, Any]:
     """Rootless BuildKit: no root, no privileged pod; it needs only unconfined seccomp/AppArmor for its
-    user namespaces. The image is tagged ``<model-version>-<workflow name>`` (unique per run)."""
+    user namespaces. The image is tagged ``<model-version>-<workflow name>`` (unique per run); the registry is
+    reached by its name (hostAliases) and trusted through buildkitd.toml (``--config``)."""
     image = f"{endpoints.image_repository}:{_param('model-version')}-{{{{workflow.name}}}}"
     dockerfile_dir, dockerfile = posixpath.split(DOCKERFILE)
     unconfined = {
@@ -325,7 +335,7 @@ def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, gi
         "seccompProfile": {"type": "Unconfined"},
         "appArmorProfile": {"type": "Unconfined"},
     }
-    return {
+    template: dict[str, Any] = {
         "name": "build-image",
         "inputs": {"artifacts": [_git_artifact(git)]},
         "outputs": {"parameters": [{"name": "build", "valueFrom": {"path": "/tmp/build/metadata.json"}}]},
@@ -339,6 +349,7 @@ def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, gi
                 "name": "harbor-auth",
                 "secret": {"secretName": HARBOR_SECRET, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]},
             },
+            {"name": "buildkit-config", "configMap": {"name": BUILDKIT_CONFIG}},
             {"name": "buildkit-state", "emptyDir": {}},
             {"name": "build-out", "emptyDir": {}},
         ],
@@ -353,9 +364,11 @@ def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, gi
                 "--local",
                 f"context={SOURCE_PATH}",
                 "--local",
-                f"dockerfile={posixpath.join(SOURCE_PATH, dockerfile_dir)}",
+                f"dockerfile={posixpath.join(SOURCE_PATH, dockerfile_dir) if dockerfile_dir else SOURCE_PATH}",
                 "--opt",
                 f"filename={dockerfile}",
+                "--opt",
+                f"target={BUILD_TARGET}",
                 "--opt",
                 "platform=linux/amd64",
                 "--output",
@@ -364,17 +377,41 @@ def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, gi
                 "/tmp/build/metadata.json",
             ],
             "env": [
-                {"name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox"},
+                {
+                    "name": "BUILDKITD_FLAGS",
+                    "value": f"--oci-worker-no-process-sandbox --config {BUILDKIT_CONFIG_DIR}/buildkitd.toml",
+                },
                 {"name": "DOCKER_CONFIG", "value": "/home/user/.docker"},
             ],
             "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
             "securityContext": unconfined,
             "volumeMounts": [
                 {"name": "harbor-auth", "mountPath": "/home/user/.docker", "readOnly": True},
+                {"name": "buildkit-config", "mountPath": BUILDKIT_CONFIG_DIR, "readOnly": True},
                 {"name": "buildkit-state", "mountPath": "/home/user/.local/share/buildkit"},
                 {"name": "build-out", "mountPath": "/tmp/build"},
             ],
         },
+    }
+    if endpoints.registry_aliases:
+        template["hostAliases"] = [dict(alias) for alias in endpoints.registry_aliases]
+    return template
+
+
+def buildkit_config(registry: str, ca_cert: Any) -> dict[str, Any]:
+    """The build step's ConfigMap: buildkitd.toml trusting the registry CA ``ca_cert`` (PEM, public)."""
+    from infra import k8s
+    from infra.registry import buildkitd_toml
+
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": BUILDKIT_CONFIG,
+            "namespace": NAMESPACE,
+            "labels": k8s.labels(BUILDKIT_CONFIG, "pipeline"),
+        },
+        "data": {"buildkitd.toml": buildkitd_toml(registry, f"{BUILDKIT_CONFIG_DIR}/ca.crt"), "ca.crt": ca_cert},
     }
 
 

@@ -23,6 +23,7 @@ from infra.pipeline import (
     S3_SECRET,
     TEMPLATE_NAME,
     PipelineEndpoints,
+    buildkit_config,
     docker_config_json,
     rbac_objects,
     workflow_template,
@@ -53,12 +54,15 @@ class TrainingPipeline(PlatformComponent):
         tracking_url: str,
         artifact_store: Any,
         harbor_password: Any | None,
+        ca_cert: Any | None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("TrainingPipeline", name, args, opts)
         config, region = self.config, args.region
         self.namespace = namespace
-        registry_host = region.registry_host or config.registry.host
+        from infra.registry import host_aliases
+
+        registry = config.registry.address(region.registry_host)
         depends: list[Any] = []
         for obj in rbac_objects():
             depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [namespace]))
@@ -78,7 +82,7 @@ class TrainingPipeline(PlatformComponent):
         if harbor_password is not None:
             docker_json = pulumi.Output.secret(
                 pulumi.Output.from_input(harbor_password).apply(
-                    lambda pw: docker_config_json(registry_host, "admin", pw)
+                    lambda pw: docker_config_json(registry, "admin", pw)
                 )
             )
             harbor = k8s.secret(
@@ -89,6 +93,8 @@ class TrainingPipeline(PlatformComponent):
             )
             harbor["type"] = "kubernetes.io/dockerconfigjson"
             depends.append(self.declare("harbor", harbor, [namespace]))
+        if ca_cert is not None:
+            depends.append(self.declare("buildkit-config", buildkit_config(registry, ca_cert), [namespace]))
         if config.git_token_set:
             token = pulumi.Config("fraud-platform").require_secret("gitToken")
             depends.append(
@@ -99,8 +105,9 @@ class TrainingPipeline(PlatformComponent):
         endpoints = PipelineEndpoints(
             image=image,
             tracking_url=tracking_url,
-            registry_host=registry_host,
+            registry=registry,
             registry_project=config.registry.project,
+            registry_aliases=tuple(host_aliases(config.registry, region)),
             s3_endpoint=artifact_store.endpoint_url,
             s3_region=config.mlflow.region,
             s3_secret=s3_secret,

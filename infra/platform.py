@@ -14,7 +14,7 @@ from typing import Any
 import pulumi
 
 from infra import charts, k8s
-from infra.config import Region, StackConfig
+from infra.config import PROJECT, Region, StackConfig
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ class PlatformComponent(pulumi.ComponentResource):
     @property
     def config(self) -> StackConfig:
         return self._args.config
+
+    @property
+    def small(self) -> bool:
+        return charts.small_footprint(self.config.environment)
+
+    @property
+    def monitoring(self) -> bool:
+        return self.config.enabled("monitoring")
 
     def child_opts(self, depends_on: list[pulumi.Resource] | None = None) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(
@@ -103,8 +111,9 @@ class IstioMesh(PlatformComponent):
         super().__init__("IstioMesh", name, args, opts)
         self.make_namespace()
         base_spec, istiod_spec = charts.chart_releases("istio")
-        base = self.release(base_spec, charts.istio_base_values(self.config), [])
-        istiod = self.release(istiod_spec, charts.istiod_values(self.config), [base])
+        base = self.release(base_spec, charts.istio_base_values(), [])
+        istiod_values = charts.istiod_values(small=self.small, version=self.config.platform.istio.version)
+        istiod = self.release(istiod_spec, istiod_values, [base])
         self.crds_ready = [base, istiod]
         self.finish(namespace=self.namespace_name)
 
@@ -129,7 +138,7 @@ class ArgoCD(PlatformComponent):
             },
         )
         (spec,) = charts.chart_releases("argocd")
-        release = self.release(spec, charts.argocd_values(self.config), [secret])
+        release = self.release(spec, charts.argocd_values(), [secret])
         self.crds_ready = [release]
         self.admin_password = pulumi.Output.secret(admin.result)
         self.finish(
@@ -162,7 +171,10 @@ class ArgoWorkflows(PlatformComponent):
             )
         (spec,) = charts.chart_releases("argoWorkflows")
         values = charts.argo_workflows_values(
-            self.config, artifact_store.endpoint_host, artifact_store.bucket, artifact_store.has_static_credentials
+            monitoring=self.monitoring,
+            artifact_endpoint=artifact_store.endpoint_host,
+            artifact_bucket=artifact_store.bucket,
+            static_credentials=artifact_store.has_static_credentials,
         )
         release = self.release(spec, values, depends)
         self.crds_ready = [release]
@@ -176,7 +188,7 @@ class ArgoRollouts(PlatformComponent):
         super().__init__("ArgoRollouts", name, args, opts)
         self.make_namespace()
         (spec,) = charts.chart_releases("argoRollouts")
-        release = self.release(spec, charts.argo_rollouts_values(self.config), [])
+        release = self.release(spec, charts.argo_rollouts_values(small=self.small, monitoring=self.monitoring), [])
         self.crds_ready = [release]
         self.finish(dashboard_url=_service_url("argo-rollouts-dashboard", self.namespace_name, 3100))
 
@@ -188,11 +200,11 @@ class Flagger(PlatformComponent):
         super().__init__("Flagger", name, args, opts)
         self.make_namespace()
         (spec,) = charts.chart_releases("flagger")
-        release = self.release(spec, charts.flagger_values(self.config), [])
+        release = self.release(spec, charts.flagger_values(monitoring=self.monitoring), [])
         self.crds_ready = [release]
         if self.config.enabled("flaggerLoadtester"):
             (lt_spec,) = charts.chart_releases("flaggerLoadtester")
-            self.crds_ready.append(self.release(lt_spec, charts.flagger_loadtester_values(self.config), [release]))
+            self.crds_ready.append(self.release(lt_spec, charts.flagger_loadtester_values(), [release]))
         self.finish(loadtester_url=charts.LOADTESTER_URL, metrics_server=charts.PROMETHEUS_URL)
 
 
@@ -207,7 +219,7 @@ class Monitoring(PlatformComponent):
             "grafana-admin", charts.GRAFANA_ADMIN_SECRET, {"admin-user": "admin", "admin-password": admin.result}
         )
         (spec,) = charts.chart_releases("monitoring")
-        release = self.release(spec, charts.monitoring_values(self.config), [secret])
+        release = self.release(spec, charts.monitoring_values(small=self.small), [secret])
         self.crds_ready = [release]
         self.grafana_admin_password = pulumi.Output.secret(admin.result)
         self.finish(
@@ -219,24 +231,66 @@ class Monitoring(PlatformComponent):
 
 
 class Harbor(PlatformComponent):
+    """Harbor, reached as ``<host>:<port>`` through Service harbor-endpoint, with a certificate from the
+    registry CA (infra/registry.py), and the project the images are pushed to."""
+
     component = "harbor"
 
     def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
+        from infra import registry
+
         super().__init__("Harbor", name, args, opts)
+        settings = self.config.registry
+        host = args.region.registry_host or settings.host
+        self.address = settings.address(args.region.registry_host)
         self.make_namespace()
         admin = self.password("admin-password")
         secret_key = self.password("secret-key", length=16)  # Harbor requires exactly 16 characters
         db_password = self.password("database-password")
         admin_secret = self.make_secret("admin", charts.HARBOR_ADMIN_SECRET, {"HARBOR_ADMIN_PASSWORD": admin.result})
         key_secret = self.make_secret("secret-key", charts.HARBOR_SECRET_KEY_SECRET, {"secretKey": secret_key.result})
+        given_ca = self.config.registry_ca
+        certificate = registry.issue_certificate(
+            name,
+            host=host,
+            cluster_ip=settings.cluster_ip,
+            ca_pem=given_ca.pem if given_ca else None,
+            ca_key=pulumi.Config(PROJECT).require_secret("registryCaKey") if given_ca else None,
+            parent=self,
+        )
+        self.ca_pem = certificate.ca_pem
+        tls_secret = self.declare(
+            "tls", registry.tls_secret(certificate.cert_pem, certificate.key_pem, certificate.ca_pem), [self.namespace]
+        )
+        endpoint = self.declare("endpoint", registry.endpoint_service(settings), [self.namespace])
         (spec,) = charts.chart_releases("harbor")
-        host = args.region.registry_host or self.config.registry.host
-        values = charts.harbor_values(self.config, host, pulumi.Output.secret(db_password.result))
-        self.release_resource = self.release(spec, values, [admin_secret, key_secret])
+        values = charts.harbor_values(
+            address=self.address,
+            tls_secret=registry.TLS_SECRET,
+            small=self.small,
+            monitoring=self.monitoring,
+            database_password=pulumi.Output.secret(db_password.result),
+        )
+        self.release_resource = self.release(spec, values, [admin_secret, key_secret, tls_secret])
+        api_host = f"{registry.ENDPOINT_SERVICE}.{registry.NAMESPACE}.svc"
+        netrc = self.make_secret(
+            "project-netrc",
+            registry.PROJECT_JOB_SECRET,
+            {"netrc": pulumi.Output.secret(admin.result).apply(lambda pw: registry.netrc(api_host, pw))},
+        )
+        project_ready = [self.release_resource, endpoint, netrc]
+        jobs = [
+            self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, project_ready)
+            for obj in registry.project_job(settings)
+        ]
         self.crds_ready = [self.release_resource]
+        # What a push waits for: Harbor up, reachable by its name, the project there.
+        self.ready: list[pulumi.Resource] = [self.release_resource, endpoint, *jobs]
         self.admin_password = pulumi.Output.secret(admin.result)
         self.finish(
-            url=f"https://{host}",
+            url=f"https://{self.address}",
+            registry=self.address,
+            ca_cert=certificate.ca_pem,
             admin_secret=f"{self.namespace_name}/{charts.HARBOR_ADMIN_SECRET}",
             admin_password=self.admin_password,
         )

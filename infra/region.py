@@ -1,4 +1,4 @@
-"""One region: its own cluster provider, the full platform, the project image, and the fraud service."""
+"""One region: its own cluster provider, the full platform, the project images, and the fraud service."""
 
 from __future__ import annotations
 
@@ -7,27 +7,16 @@ from typing import Any
 
 import pulumi
 
-from infra import gitops, platform
+from infra import gitops, platform, registry
 from infra.config import Region, RegistrySettings, StackConfig
 from infra.mlflow import MlflowTracking
-
-IMAGE_NAME = "fraud-platform"
-DOCKERFILE = "serving/Dockerfile"
+from infra.registry import ProjectImages
 
 
 @dataclass(frozen=True)
 class RegionArgs:
     config: StackConfig
     region: Region
-
-
-def registry_host(registry: RegistrySettings, region: Region) -> str:
-    """The region's own Harbor, else the stack's."""
-    return region.registry_host or registry.host
-
-
-def image_reference(registry: RegistrySettings, region: Region, tag: str) -> str:
-    return f"{registry_host(registry, region)}/{registry.project}/{IMAGE_NAME}:{tag}"
 
 
 class RegionStack(pulumi.ComponentResource):
@@ -63,18 +52,14 @@ class RegionStack(pulumi.ComponentResource):
             add("istio", platform.IstioMesh(f"{name}-istio", after_monitoring, child))
         if config.enabled("harbor"):
             harbor = add("harbor", platform.Harbor(f"{name}-harbor", after_monitoring, child))
-            self.image = self._project_image(name, config.registry, region, config.serving.image_tag, harbor)
+            images = self._project_images(name, config.registry, region, config.serving.image_tag, harbor)
         else:
-            self.image = None
-        image_ref: Any = (
-            self.image.repo_digest
-            if self.image is not None
-            else image_reference(config.registry, region, config.serving.image_tag)
-        )
-        self.image_ref = image_ref
+            # Built and pushed elsewhere (registry.host names that registry), referenced by tag.
+            images = ProjectImages.tagged(config.registry, region, config.serving.image_tag)
+        self.images = images
         mlflow = None
         if config.enabled("mlflow"):
-            mlflow = add("mlflow", MlflowTracking(f"{name}-mlflow", after_monitoring, image_ref, child))
+            mlflow = add("mlflow", MlflowTracking(f"{name}-mlflow", after_monitoring, images.mlflow, child))
         if config.enabled("argoWorkflows") and mlflow is not None:
             add(
                 "argoWorkflows",
@@ -104,7 +89,8 @@ class RegionStack(pulumi.ComponentResource):
                 region=region,
                 provider=self.service_provider,
                 cluster_provider=self.provider,
-                image=image_ref,
+                image=images.serving,
+                tools_image=images.tools,
                 crds={key: self.crds_ready(key) for key in ("flagger", "istio", "argoRollouts", "monitoring")},
             ),
             child,
@@ -120,7 +106,8 @@ class RegionStack(pulumi.ComponentResource):
                 f"{name}-pipeline",
                 platform.PlatformArgs(config, region, self.provider, tuple(argo.crds_ready)),
                 namespace=argo.namespace,
-                image=image_ref,
+                image=images.tools,
+                ca_cert=getattr(harbor_component, "ca_pem", None),
                 tracking_url=mlflow.outputs["tracking_url"],
                 artifact_store=mlflow.artifact_store,
                 harbor_password=getattr(harbor_component, "admin_password", None),
@@ -141,7 +128,7 @@ class RegionStack(pulumi.ComponentResource):
             )
         if len(config.waves()) > 1:
             self.components["waves"] = pipeline_stack.RolloutWaves(  # type: ignore[assignment]
-                f"{name}-waves", config, region, self.provider, image_ref, child
+                f"{name}-waves", config, region, self.provider, images.tools, child
             )
 
         # Public outputs (URLs, Secret names) apart from passwords, so one secret does not make the
@@ -163,19 +150,25 @@ class RegionStack(pulumi.ComponentResource):
                 ready.extend(self.components[key].crds_ready)
         return ready
 
-    def _project_image(
-        self, name: str, registry: RegistrySettings, region: Region, tag: str, harbor: platform.Harbor
-    ) -> Any:
-        """Build the project image (serving and MLflow) and push it to this region's Harbor."""
+    def _project_images(
+        self, name: str, settings: RegistrySettings, region: Region, tag: str, harbor: platform.Harbor
+    ) -> ProjectImages:
+        """Build each role's image (the Dockerfile's targets) and push it to this region's Harbor, by its one
+        name; the references are the pushed digests."""
         import pulumi_docker as docker
 
         provider = docker.Provider(f"{name}-docker", opts=pulumi.ResourceOptions(parent=self))
-        return docker.Image(
-            f"{name}-image",
-            image_name=image_reference(registry, region, tag),
-            build=docker.DockerBuildArgs(context=".", dockerfile=DOCKERFILE, platform="linux/amd64"),
-            registry=docker.RegistryArgs(
-                server=registry_host(registry, region), username="admin", password=harbor.admin_password
-            ),
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[harbor.release_resource]),
-        )
+        credentials = docker.RegistryArgs(server=harbor.address, username="admin", password=harbor.admin_password)
+        digests = {}
+        for role in registry.ROLES:
+            image = docker.Image(
+                f"{name}-image-{role}",
+                image_name=f"{registry.image_repository(settings, region, role)}:{tag}",
+                build=docker.DockerBuildArgs(
+                    context=".", dockerfile=registry.DOCKERFILE, target=role, platform="linux/amd64"
+                ),
+                registry=credentials,
+                opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=harbor.ready),
+            )
+            digests[role] = image.repo_digest
+        return ProjectImages(**digests)

@@ -4,6 +4,7 @@
 * ``pipeline fetch-data`` / ``pipeline register-challenger``: steps of that workflow (infra/pipeline.py).
 * ``propose-version``: the workflow's last step, a pull request or commit changing the stack config.
 * ``wave-gate serve | check``: the multi-region rollout wave gate (ops/wave_gate.py).
+* ``cluster ca``: the registry CA and a kind cluster's files to trust it (ops/registry_ca.py).
 
 Progress and step status are logged (stderr, fraudctl's logging setup); results (JSON, names, logs of
 followed steps) go to stdout. Bad input (flags, kubeconfig, credentials, an unreachable or unready cluster) is
@@ -107,6 +108,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], benc
             p.add_argument("--port", type=int, default=8080, help="listen port (default: %(default)s)")
             p.add_argument("--cache-seconds", type=float, default=5.0, help="reuse a decision this long")
         p.set_defaults(handler=run_wave_gate_serve if name == "serve" else run_wave_gate_check)
+
+    cluster = commands.add_parser("cluster", help="prepare a cluster for the platform (docs/CLUSTER.md)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
+    ca = cluster_sub.add_parser(
+        "ca", help="make the registry CA (kept once made) and the files a kind cluster needs to trust Harbor"
+    )
+    ca.add_argument("--stack", required=True, help="stack whose registry settings to use (Pulumi.<stack>.yaml)")
+    ca.add_argument("--region", help="region of the stack (default: its only one)")
+    ca.add_argument("--out", type=Path, default=Path(".cluster"), help="folder to write to (default: %(default)s)")
+    ca.set_defaults(handler=run_cluster_ca)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,4 +366,36 @@ def run_wave_gate_serve(args: argparse.Namespace) -> int:
         serve(gate, sock)
     finally:
         gate.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# cluster ca
+
+
+def run_cluster_ca(args: argparse.Namespace) -> int:
+    from infra.config import ConfigError, load_stack
+    from ops.registry_ca import CaError, write_kind_files
+
+    try:
+        # The CA is what this makes: a stack already pointing at it (or at one not made yet) is read without it.
+        config = load_stack(args.stack, overrides={"registry": {"caCertFile": ""}, "registryCaKey": ""})
+    except ConfigError as error:
+        raise UsageError(f"stack {args.stack}: " + "; ".join(error.problems)) from None
+    except FileNotFoundError as error:
+        raise UsageError(f"stack {args.stack}: {error.filename} does not exist") from None
+    try:
+        files = write_kind_files(config, args.region, args.out)
+    except CaError as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        raise UsageError(f"{error.filename}: {error.strerror}") from None
+    for path in files.paths():
+        print(path)
+    log.info(
+        "kind cluster %s: `kind create cluster --config %s`; then set registry.caCertFile and the secret "
+        "registryCaKey (docs/CLUSTER.md)",
+        files.cluster_name,
+        files.kind_config,
+    )
     return 0

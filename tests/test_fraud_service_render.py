@@ -220,7 +220,7 @@ def test_model_server_pod_is_hardened_probed_and_configured(strategy: str) -> No
     assert "replicas" not in obj["spec"], "the HPA owns the replica count"
     pod = obj["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"].startswith(f"{config.regions[0].registry_host}/fraud/fraud-platform")
+    assert container["image"].startswith(f"{config.regions[0].registry_host}:30003/fraud/fraud-serving@sha256:")
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     security = container["securityContext"]

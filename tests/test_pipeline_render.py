@@ -25,6 +25,18 @@ SAMPLE_PARAMETERS = {
 }
 
 
+def tools_image(result: RenderResult, region: str) -> str:
+    """The tools image as the replay webhook runs it: the digest the program pushed to the region's Harbor."""
+    (replay,) = [
+        o
+        for o in result.manifests(region)
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "fraud-detector-replay"
+    ]
+    image = replay["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert re.fullmatch(r"[a-z0-9.-]+:30003/fraud/fraud-tools@sha256:[0-9a-f]{64}", image), image
+    return image
+
+
 def template_of(result: RenderResult, region: str) -> dict[str, Any]:
     (template,) = [o for o in result.manifests(region) if o["kind"] == "WorkflowTemplate"]
     return template
@@ -77,14 +89,11 @@ def test_every_step_runs_a_fraudctl_command_that_exists_with_those_flags() -> No
     assert set(checked) == set(pipeline.STEPS) - {"build-image"}
 
 
-def test_project_steps_use_the_project_image_and_the_build_uses_pinned_rootless_buildkit() -> None:
+def test_project_steps_use_the_tools_image_and_the_build_uses_pinned_rootless_buildkit() -> None:
     result = rendered("multiregion")
     for region in result.config.regions:
         templates = templates_by_name(template_of(result, region.name))
-        fraud = next(
-            o for o in result.manifests(region.name) if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow"
-        )
-        project_image = fraud["spec"]["template"]["spec"]["containers"][0]["image"]
+        project_image = tools_image(result, region.name)
         for step in pipeline.STEPS:
             container = templates[step]["container"]
             if step == "build-image":
@@ -93,7 +102,8 @@ def test_project_steps_use_the_project_image_and_the_build_uses_pinned_rootless_
                 assert container["securityContext"]["runAsNonRoot"] is True
                 assert container["securityContext"]["runAsUser"] == pipeline.BUILDKIT_UID
                 output = next(a for a in container["args"] if a.startswith("type=image"))
-                assert output.startswith(f"type=image,name={region.registry_host}/fraud/fraud-platform:")
+                assert output.startswith(f"type=image,name={region.registry_host}:30003/fraud/fraud-serving:")
+                assert container["args"][container["args"].index("target=serving") - 1] == "--opt"
                 assert output.endswith(",push=true")
             else:
                 assert container["image"] == project_image

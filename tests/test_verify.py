@@ -24,11 +24,6 @@ KNOWN_FINDINGS = {
     ),
     # Defect 4: canary checks select namespace and model_version only.
     "canary-candidate": ("also matches the serving version's pods",),
-    # Defect 2: Harbor is exposed through an Ingress that no ingress controller of the platform serves.
-    "references": (
-        "Ingress/harbor/harbor-ingress (helm:harbor): has no ingressClassName and the platform has no "
-        "default IngressClass",
-    ),
 }
 
 
@@ -259,10 +254,35 @@ def test_references_catch_a_missing_secret_key_and_role() -> None:
     ]
 
 
+HARBOR_INGRESS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "Ingress",
+    "metadata": {"name": "harbor-ingress", "namespace": "harbor"},
+    "spec": {
+        "rules": [
+            {
+                "host": "harbor.fraud.local",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "harbor-core", "port": {"number": 80}}},
+                        }
+                    ]
+                },
+            }
+        ]
+    },
+}
+
+
 def test_references_catch_an_ingress_no_controller_serves() -> None:
-    """Defect 2 as verify sees it: Harbor's Ingress has no class and the platform runs no ingress controller."""
+    """Defect 2 as verify saw it: Harbor's Ingress (expose ingress) had no class and the platform runs no
+    ingress controller. Harbor is now reached through its own Service; the check still catches such an Ingress."""
     platform = base()
-    [finding] = [f for f in failures(platform, "references") if f.startswith("Ingress/")]
+    assert platform.of_kind("Ingress") == [] and failures(platform, "references") == []
+    [finding] = failures(variant(platform, added(HARBOR_INGRESS, origin="helm:harbor")), "references")
     assert "has no ingressClassName and the platform has no default IngressClass" in finding
     default_class = {
         "apiVersion": "networking.k8s.io/v1",
@@ -270,26 +290,30 @@ def test_references_catch_an_ingress_no_controller_serves() -> None:
         "metadata": {"name": "nginx", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
         "spec": {"controller": "k8s.io/ingress-nginx"},
     }
-    assert failures(variant(platform, added(default_class)), "references") == []
+    assert failures(variant(platform, added(HARBOR_INGRESS, default_class)), "references") == []
 
-    def wrong_class_and_backend(obj: dict) -> None:
-        obj["spec"]["ingressClassName"] = "traefik"
-        obj["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "harbor-cor"
-
-    found = failures(
-        variant(
-            platform,
-            lambda objs: edited("Ingress", "harbor-ingress", wrong_class_and_backend)(
-                [*objs, PlatformObject(default_class, "program", "test")]
-            ),
-        ),
-        "references",
-    )
+    broken = copy.deepcopy(HARBOR_INGRESS)
+    broken["spec"]["ingressClassName"] = "traefik"
+    broken["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "harbor-cor"
+    found = failures(variant(platform, added(broken, default_class)), "references")
     assert found == [
-        "Ingress/harbor/harbor-ingress (helm:harbor): IngressClass traefik does not exist: no ingress controller in "
+        "Ingress/harbor/harbor-ingress (program): IngressClass traefik does not exist: no ingress controller in "
         "the platform serves it",
-        "Ingress/harbor/harbor-ingress (helm:harbor): backend Service harbor/harbor-cor does not exist",
+        "Ingress/harbor/harbor-ingress (program): backend Service harbor/harbor-cor does not exist",
     ]
+
+
+def test_references_resolve_the_registry_endpoint_to_harbors_nginx() -> None:
+    """Service harbor-endpoint (the registry's one address) must select the chart's nginx pods."""
+    platform = base()
+    (endpoint,) = platform.find("Service", "harbor", "harbor-endpoint")
+    assert endpoint.spec["selector"] == {"release": "harbor", "app": "harbor", "component": "nginx"}
+    wrong = variant(
+        platform,
+        edited("Service", "harbor-endpoint", _set(("spec", "selector", "component"), "ngnix"), origin="program"),
+    )
+    [finding] = failures(wrong, "references")
+    assert finding.startswith("Service/harbor/harbor-endpoint (program): selector")
 
 
 def test_references_catch_a_rollout_without_its_preview_service() -> None:

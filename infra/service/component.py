@@ -18,6 +18,7 @@ import pulumi
 
 from infra import charts, k8s, observability
 from infra.config import Region, StackConfig
+from infra.registry import ProjectImages
 from infra.service.bluegreen import argo_templates, argo_wave_template, rollout
 from infra.service.canary import alert_objects, canary, flagger_metric_templates
 from infra.service.names import (
@@ -43,6 +44,7 @@ from infra.service.workload import (
     pod_template,
     service_account,
     service_monitor,
+    serving_image,
     signing_secret,
 )
 
@@ -58,17 +60,20 @@ class ServiceObjects:
 
 def service_objects(
     config: StackConfig,
-    image: Any,
+    images: ProjectImages,
     signing_key: Any,
     alert_webhook_url: Any = None,
     region: Region | None = None,
 ) -> ServiceObjects:
-    """Every object except the namespace, for the stack's strategy (tests render these directly)."""
+    """Every object except the namespace, for the stack's strategy (tests render these directly). The model
+    server runs the serving image (the pipeline's, by digest, while the candidate it was built for rolls out),
+    the replay the tools image."""
     mesh = config.enabled("istio")
+    image = serving_image(config.model, images.serving)
     builtin = [service_account(), signing_secret(signing_key), metrics_service(mesh)]
     builtin += [autoscaler(config.serving, config.strategy), disruption_budget()]
     builtin += network_policies(mesh=mesh, mlflow=config.enabled("mlflow"), model_uri=config.model.target_uri)
-    builtin += replay_objects(config, image)
+    builtin += replay_objects(config, images.tools)
     metrics_map = model_metrics_configmap(config.candidate_metrics)
     if metrics_map is not None:
         builtin.append(metrics_map)
@@ -125,7 +130,8 @@ class FraudModelServiceArgs:
     config: StackConfig
     region: Region
     provider: pulumi.ProviderResource
-    image: Any
+    image: Any  # the serving image this program built (or its tag)
+    tools_image: Any  # fraudctl: the replay webhook
     # Platform component key -> the resources its custom resources must wait for (RegionStack.crds_ready).
     crds: Mapping[str, Sequence[pulumi.Resource]]
     depends_on: tuple[pulumi.Resource, ...] = ()
@@ -153,8 +159,9 @@ class FraudModelService(pulumi.ComponentResource):
             from infra.config import PROJECT
 
             webhook = pulumi.Config(PROJECT).require_secret("alertWebhookUrl")
+        images = ProjectImages(serving=args.image, tools=args.tools_image, mlflow=None)
         objects = service_objects(
-            config, args.image, pulumi.Output.secret(signing_key.result), webhook, region=args.region
+            config, images, pulumi.Output.secret(signing_key.result), webhook, region=args.region
         )
         self.resources: dict[str, pulumi.Resource] = {}
         for obj in objects.builtin:
@@ -166,6 +173,7 @@ class FraudModelService(pulumi.ComponentResource):
             "namespace": NS,
             "strategy": config.strategy,
             "model_version": config.model.target_version,
+            "model_image": serving_image(config.model, args.image),
             "service_url": ACTIVE_URL,
             "replay_url": REPLAY_URL,
             "dashboard_uid": observability.DASHBOARD_UID,

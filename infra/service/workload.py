@@ -73,6 +73,15 @@ def serving_env(model: ModelSettings, serving: ServingSettings, *, mlflow_enable
     return env
 
 
+def serving_image(model: ModelSettings, built: Any) -> Any:
+    """The image the model server runs: the one the training pipeline built for the candidate
+    (model.candidateImage, by digest) while the candidate is the target, else the one this program built.
+    A model and the code that serves it roll out together."""
+    if model.target == "candidate" and model.candidate_image:
+        return model.candidate_image
+    return built
+
+
 def _probe(path: str, **timing: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 2, **timing}
 

@@ -77,7 +77,7 @@ class Catalog:
 
 @functools.cache
 def catalog() -> Catalog:
-    from infra.region import IMAGE_NAME
+    from infra.registry import image_name
     from serving import metrics as runtime
     from serving.settings import DEFAULT_METRICS_PORT
 
@@ -87,7 +87,8 @@ def catalog() -> Catalog:
         source = doc["sources"][spec["source"]]
         provenance = f"{source['repository']} {source['tag']} {', '.join(source['files'])}"
         families[name] = Family(name, spec["type"], frozenset(spec["labels"]), provenance, source["exporter"])
-    runtime_exporter = {"image": IMAGE_NAME, "port": DEFAULT_METRICS_PORT}
+    # The model server's image, whoever built it (this program or the training pipeline).
+    runtime_exporter = {"image": image_name("serving"), "port": DEFAULT_METRICS_PORT}
     for name, labels in runtime.METRIC_LABELS.items():
         families[name] = Family(
             name, runtime.METRIC_TYPES[name], frozenset(labels), RUNTIME_SOURCE, runtime_exporter, created_series=True

@@ -1,8 +1,10 @@
 """Propose a model version as a change to a stack's config: a pull request, or a commit, on the repo.
 
 ``propose`` clones the repository (git CLI; https auth from a token passed through the environment,
-never on a command line), sets ``model.candidateVersion`` and ``model.candidateUri`` in
-``Pulumi.<stack>.yaml`` with a round-trip YAML edit (comments and layout stay), validates the
+never on a command line), sets ``model.candidateVersion``, ``model.candidateUri`` and
+``model.candidateImage`` (the serving image the pipeline built from the same revision, by digest: the
+model and the code serving it roll out together) in ``Pulumi.<stack>.yaml`` with a round-trip YAML edit
+(comments and layout stay), validates the
 resulting stack config exactly as the Pulumi program would, then either pushes a commit to the base
 branch or pushes a branch and opens a pull request through the GitHub REST API. A config that would
 not validate is never committed; a change already on the base branch is reported and not repeated.
@@ -39,6 +41,7 @@ class Proposal:
     stack: str
     model_version: str
     model_uri: str
+    image: str
     mode: str
     base: str
     branch: str
@@ -54,8 +57,10 @@ class Proposal:
 # The stack file
 
 
-def set_candidate(text: str, model_version: str, model_uri: str) -> str:
-    """``Pulumi.<stack>.yaml`` text with the candidate set, everything else as it was."""
+def set_candidate(text: str, model_version: str, model_uri: str, image: str = "") -> str:
+    """``Pulumi.<stack>.yaml`` text with the candidate set, everything else as it was. ``image``: the serving
+    image built for it (by digest); without one, an image set for an earlier candidate is cleared (that
+    candidate's code must not serve this model), and none is added."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
     from ruamel.yaml.util import load_yaml_guess_indent
@@ -84,6 +89,8 @@ def set_candidate(text: str, model_version: str, model_uri: str) -> str:
         raise ProposeError(f"stack file: {key} is not a mapping")
     model["candidateVersion"] = model_version
     model["candidateUri"] = model_uri
+    if image or "candidateImage" in model:
+        model["candidateImage"] = image
     out = io.StringIO()
     yaml.dump(doc, out)
     return out.getvalue()
@@ -197,10 +204,13 @@ def image_from_build_metadata(metadata: str | None) -> str:
         data = json.loads(metadata)
     except json.JSONDecodeError as exc:
         raise ProposeError(f"--build-metadata: not JSON ({exc.msg})") from exc
-    name = str(data.get("image.name", "")).split(",")[0]
-    digest = data.get("containerimage.digest", "")
-    if not name or not digest:
-        return name or ""
+    name = str(data.get("image.name", "") if isinstance(data, dict) else "").split(",")[0]
+    digest = data.get("containerimage.digest", "") if isinstance(data, dict) else ""
+    if not name or not re.fullmatch(r"sha256:[0-9a-f]{64}", str(digest)):
+        raise ProposeError(
+            "--build-metadata: no pushed image (image.name) with its digest (containerimage.digest); the "
+            "candidate's image cannot be pinned"
+        )
     return f"{name.rsplit(':', 1)[0] if ':' in name.rsplit('/', 1)[-1] else name}@{digest}"
 
 
@@ -211,7 +221,7 @@ def _describe(model_version: str, model_uri: str, image: str, workflow: str, gat
         f"- model URI: `{model_uri}`",
     ]
     if image:
-        lines.append(f"- serving image built from this revision: `{image}`")
+        lines.append(f"- serving image built from this revision (rolls out with the model): `{image}`")
     if workflow:
         lines.append(f"- workflow: `{workflow}`")
     if gate:
@@ -256,14 +266,14 @@ def propose(
             known = sorted(p.name for p in workdir.glob("Pulumi.*.yaml"))
             raise ProposeError(f"{stack_file.name} is not in {repo}@{base} (stack files there: {', '.join(known)})")
         before = stack_file.read_text()
-        after = set_candidate(before, model_version, model_uri)
+        after = set_candidate(before, model_version, model_uri, image)
         try:
             validate_stack_text(after, stack)
         except ConfigError as error:
             raise ProposeError(f"{stack_file.name} with candidate {model_version} would be invalid: {error}") from error
         if after == before:
             head = git.run("rev-parse", "HEAD")
-            return Proposal(stack, model_version, model_uri, mode, base, base, head, "", changed=False)
+            return Proposal(stack, model_version, model_uri, image, mode, base, base, head, "", changed=False)
         _write_atomic(stack_file, after)
         title = f"model: roll out {model_version} ({model_uri}) on stack {stack}"
         body = _describe(model_version, model_uri, image, workflow, gate)
@@ -272,7 +282,7 @@ def propose(
         commit = git.run("rev-parse", "HEAD")
         if mode == "commit":
             git.run("push", "--quiet", "origin", f"HEAD:refs/heads/{base}")
-            return Proposal(stack, model_version, model_uri, mode, base, base, commit, commit, changed=True)
+            return Proposal(stack, model_version, model_uri, image, mode, base, base, commit, commit, changed=True)
         suffix = re.sub(r"[^A-Za-z0-9._-]+", "-", workflow) if workflow else commit[:12]
         branch = branch or f"model/{stack}/{model_version}-{suffix}"
         git.run("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}")
@@ -286,4 +296,4 @@ def propose(
             with contextlib.suppress(ProposeError):
                 git.run("push", "--quiet", "origin", "--delete", branch)
             raise
-        return Proposal(stack, model_version, model_uri, mode, base, branch, commit, url, changed=True)
+        return Proposal(stack, model_version, model_uri, image, mode, base, branch, commit, url, changed=True)

@@ -42,9 +42,7 @@ log = logging.getLogger(__name__)
 # version the platform is rendered and validated for; containerd v1.7.18 (images/base/Dockerfile of base
 # image v20241108-5c6d2daf).
 KIND_VERSION = "v0.25.0"
-KIND_NODE_IMAGE = (
-    "kindest/node:v1.31.2@sha256:18fbefc20a7113353c7b75b5c869d7145a6abd6269154825872dc59c1329912e"
-)
+KIND_NODE_IMAGE = "kindest/node:v1.31.2@sha256:18fbefc20a7113353c7b75b5c869d7145a6abd6269154825872dc59c1329912e"
 # kind's default service subnet (pkg/apis/config/defaults): the registry's static ClusterIP must be in it.
 KIND_SERVICE_SUBNET = "10.96.0.0/16"
 CONTAINERD_CERTS_DIR = "/etc/containerd/certs.d"

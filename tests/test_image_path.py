@@ -124,9 +124,7 @@ def test_each_role_is_built_from_its_dockerfile_target_after_harbor_can_take_it(
 def test_each_workload_runs_its_roles_image_by_digest() -> None:
     result = rendered("multiregion")
     for region in result.config.regions:
-        digests = {
-            role: f"{region.registry_host}:30003/fraud/fraud-{role}@sha256:" for role in registry.ROLES
-        }
+        digests = {role: f"{region.registry_host}:30003/fraud/fraud-{role}@sha256:" for role in registry.ROLES}
 
         def image_of(kind: str, name: str, region: str = region.name) -> str:
             obj = manifest(result, region, kind, name)
@@ -298,9 +296,7 @@ def _issue(files: registry_ca.KindFiles, host: str, ip: str | None = None) -> tu
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     return certificate.public_bytes(serialization.Encoding.PEM), key.private_bytes(
@@ -327,9 +323,10 @@ def _handshake(ca_file: Path, server_name: str, cert: Path, key: Path) -> str | 
     thread.start()
     client = ssl.create_default_context(cafile=str(ca_file))
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, client.wrap_socket(
-            raw, server_hostname=server_name
-        ) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
             tls.sendall(b"x")
         return None
     except ssl.SSLCertVerificationError as error:

@@ -16,9 +16,11 @@ import yaml
 from fake_kube import JsonRequestHandler
 
 from fraudctl.cli import main
-from ops.propose import image_from_build_metadata, set_candidate
+from infra.render import run_program
+from ops.propose import ProposeError, image_from_build_metadata, set_candidate
 
 ROOT = Path(__file__).resolve().parent.parent
+APP = "fraud-detector"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "seed",
     "GIT_AUTHOR_EMAIL": "seed@example.com",
@@ -94,8 +96,9 @@ def github():
     fake.close()
 
 
+IMAGE = "harbor.fraud.local:30003/fraud/fraud-serving@sha256:" + "a" * 64
 BUILD = json.dumps(
-    {"image.name": "harbor.test/fraud/fraud-platform:v2-wf-1", "containerimage.digest": "sha256:" + "a" * 64}
+    {"image.name": IMAGE.split("@")[0] + ":v2-wf-1", "containerimage.digest": IMAGE.split("@")[1]}
 )
 
 
@@ -147,13 +150,14 @@ def test_pull_request_mode_pushes_a_branch_and_opens_a_pull_request(
     assert code == 0, capsys.readouterr().err
     branch = "model/dev/v2-fraud-model-training-x1"
     assert git("rev-parse", "main", cwd=remote) == main_before  # base untouched
-    assert "candidateVersion: v2" in show(remote, branch, "Pulumi.dev.yaml")
+    proposed = yaml.safe_load(show(remote, branch, "Pulumi.dev.yaml"))["config"]["fraud-platform:model"]
+    assert proposed == {"candidateVersion": "v2", "candidateUri": "models:/fraud-detector/7", "candidateImage": IMAGE}
     ((method, path, headers, body),) = github.requests
     assert (method, path) == ("POST", "/repos/o/r/pulls")
     assert headers["Authorization"] == "Bearer gh-token"
     assert body["head"] == branch and body["base"] == "main"
     assert "v2" in body["title"] and "models:/fraud-detector/7" in body["title"]
-    assert "harbor.test/fraud/fraud-platform@sha256:" + "a" * 64 in body["body"]
+    assert IMAGE in body["body"]
     assert "recall +0.08 over v1" in body["body"] and "fraud-model-training-x1" in body["body"]
     assert json.loads(capsys.readouterr().out)["url"].startswith("https://github.test/o/r/pull/7")
 
@@ -208,5 +212,33 @@ def test_set_candidate_keeps_layout_and_adds_missing_keys() -> None:
     assert out.startswith("# header\n") and "name: fraud-detector  # keep" in out
     assert yaml.safe_load(out)["config"]["fraud-platform:model"]["candidateVersion"] == "v2"
     assert "fraud-platform:model" in set_candidate("config: {}\n", "v2", "models:/x/1")
-    assert image_from_build_metadata(BUILD) == "harbor.test/fraud/fraud-platform@sha256:" + "a" * 64
+    assert image_from_build_metadata(BUILD) == IMAGE
     assert image_from_build_metadata("") == ""
+    for broken in ("{}", '{"image.name": "h/x:1"}', '{"image.name": "h/x:1", "containerimage.digest": "sha256:1"}'):
+        with pytest.raises(ProposeError, match="cannot be pinned"):
+            image_from_build_metadata(broken)
+
+
+def test_the_proposal_carries_the_built_image_and_the_proposed_stack_runs_it() -> None:
+    """Defect 7: the image the pipeline builds is the one the rollout deploys."""
+    text = (ROOT / "Pulumi.dev.yaml").read_text()
+    proposed = set_candidate(text, "v3", "models:/fraud-detector/9", IMAGE)
+    model = yaml.safe_load(proposed)["config"]["fraud-platform:model"]
+    assert model["candidateImage"] == IMAGE
+    for strategy in ("canary", "blue-green"):
+        result = run_program("dev", overrides={"model": model, "strategy": strategy})
+        (server,) = [
+            o
+            for o in result.manifests("local")
+            if o["kind"] in ("Deployment", "Rollout") and o["metadata"]["name"] == "fraud-detector"
+        ]
+        assert server["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+        assert server["spec"]["template"]["metadata"]["labels"]["fraud-platform/model-version"] == "v3"
+    # Seeding the stable version runs the image this program built, not the candidate's.
+    stable = run_program("dev", overrides={"model": {**model, "target": "stable"}})
+    (server,) = [o for o in stable.manifests("local") if o["kind"] == "Deployment" and o["metadata"]["name"] == APP]
+    built = server["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert built.startswith("harbor.fraud.local:30003/fraud/fraud-serving@sha256:") and built != IMAGE
+    # A later candidate proposed without an image does not inherit this one's.
+    again = yaml.safe_load(set_candidate(proposed, "v4", "models:/fraud-detector/10"))["config"]["fraud-platform:model"]
+    assert again["candidateImage"] == ""

@@ -22,6 +22,17 @@ from serving.metrics import (
     VERSION_LABEL,
 )
 
+# Flagger's traffic weight: flagger v1.40.0 pkg/metrics/recorder.go labels flagger_canary_weight by
+# workload (the Canary's targetRef name for the canary, <name>-primary for the primary) and namespace, and the
+# chart's ServiceMonitor (templates/servicemonitor.yaml, honorLabels false) moves that namespace to
+# exported_namespace: the scrape's own namespace label is Flagger's, flagger-system.
+
+
+def canary_weight(namespace: str, workload: str) -> str:
+    """The canary's traffic weight (percent) of the Canary that targets Deployment ``namespace/workload``."""
+    return f'flagger_canary_weight{{exported_namespace="{namespace}",workload="{workload}"}}'
+
+
 # Series not exported by the fraud runtime, and who exports them.
 EXTERNAL_METRICS = {
     "up": "Prometheus, per scrape target",
@@ -40,7 +51,7 @@ def _rate(metric: str, matchers: str, window: str, by: str = VERSION_LABEL) -> s
 
 
 def alert_rules(
-    analysis: AnalysisSettings, *, strategy: str, namespace: str, metrics_job: str, workload: str, canary_name: str
+    analysis: AnalysisSettings, *, strategy: str, namespace: str, metrics_job: str, workload: str
 ) -> list[dict[str, Any]]:
     """Alerting rules for the fraud service (for PrometheusRule ``spec.groups[].rules``), at the thresholds of
     the rollout ``analysis``; the canary's traffic check only with ``strategy`` canary."""
@@ -129,7 +140,7 @@ def alert_rules(
         )
         canary = f'sum(rate(istio_requests_total{{{mesh},destination_workload="{workload}"}}[{w}]))'
         both = f'sum(rate(istio_requests_total{{{mesh},destination_workload=~"{workload}|{workload}-primary"}}[{w}]))'
-        weight = f'max(flagger_canary_weight{{namespace="{namespace}",name="{canary_name}"}})'
+        weight = f"max({canary_weight(namespace, workload)})"
         rules.append(
             {
                 "alert": "FraudRolloutTrafficImbalance",
@@ -154,7 +165,6 @@ def prometheus_rule(
     namespace: str,
     metrics_job: str,
     workload: str,
-    canary_name: str,
     labels: dict[str, str],
 ) -> dict[str, Any]:
     rules = alert_rules(
@@ -163,7 +173,6 @@ def prometheus_rule(
         namespace=namespace,
         metrics_job=metrics_job,
         workload=workload,
-        canary_name=canary_name,
     )
     return {
         "apiVersion": "monitoring.coreos.com/v1",
@@ -192,8 +201,9 @@ def _panel(ident: int, title: str, targets: list[tuple[str, str]], unit: str, x:
     }
 
 
-def dashboard(analysis: AnalysisSettings, *, namespace: str, canary_name: str) -> dict[str, Any]:
-    """Traffic, success rate, latency, precision/recall per model version, and the canary weight."""
+def dashboard(analysis: AnalysisSettings, *, namespace: str, workload: str) -> dict[str, Any]:
+    """Traffic, success rate, latency, precision/recall per model version, and the canary weight of the
+    Canary that targets ``workload``."""
     ns = f'namespace="{namespace}"'
     window = "1m"
     quality = prometheus_duration(analysis.feedback_window_seconds)
@@ -239,7 +249,7 @@ def dashboard(analysis: AnalysisSettings, *, namespace: str, canary_name: str) -
         _panel(
             4,
             "Canary weight (Flagger)",
-            [(f'flagger_canary_weight{{namespace="{namespace}",name="{canary_name}"}}', "canary weight")],
+            [(canary_weight(namespace, workload), "canary weight")],
             "percent",
             12,
             8,
@@ -306,10 +316,10 @@ def dashboard_queries(board: dict[str, Any]) -> list[str]:
 
 
 def dashboard_configmap(
-    analysis: AnalysisSettings, *, name: str, namespace: str, canary_name: str, labels: dict[str, str], label: str
+    analysis: AnalysisSettings, *, name: str, namespace: str, workload: str, labels: dict[str, str], label: str
 ) -> dict[str, Any]:
     """The dashboard as a ConfigMap Grafana's sidecar picks up (``<label>: "1"``)."""
-    board = dashboard(analysis, namespace=namespace, canary_name=canary_name)
+    board = dashboard(analysis, namespace=namespace, workload=workload)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

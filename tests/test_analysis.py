@@ -131,11 +131,11 @@ def test_every_query_rule_and_panel_parses_with_promtool(tmp_path: Path) -> None
                 rules.append(
                     {"record": "fraud:argo:query", "expr": fill(metric["provider"]["prometheus"]["query"], ARGO_VALUES)}
                 )
-            board = observability.dashboard(a, namespace="fraud", canary_name="fraud-detector")
+            board = observability.dashboard(a, namespace="fraud", workload="fraud-detector")
             rules += [{"record": "fraud:dashboard:panel", "expr": q} for q in observability.dashboard_queries(board)]
             rules += observability.alert_rules(
                 a, strategy=strategy, namespace="fraud", metrics_job="fraud-detector-metrics",
-                workload="fraud-detector", canary_name="fraud-detector",
+                workload="fraud-detector",
             )  # fmt: skip
     for i, rule in enumerate(rules):  # unique names: promtool reports duplicates
         key = "record" if "record" in rule else "alert"

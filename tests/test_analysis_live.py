@@ -229,7 +229,7 @@ def test_every_metric_we_query_is_exported_by_the_runtime(live: Live) -> None:
     for strategy in ("canary", "blue-green"):
         config = load_stack("dev", overrides={"strategy": strategy})
         queries += analysis.concrete_queries(config.analysis, "v2", namespace=NAMESPACE).values()
-        board = observability.dashboard(config.analysis, namespace=NAMESPACE, canary_name=fraud_service.APP)
+        board = observability.dashboard(config.analysis, namespace=NAMESPACE, workload=fraud_service.APP)
         queries += observability.dashboard_queries(board)
         rules = observability.alert_rules(
             config.analysis,
@@ -237,7 +237,6 @@ def test_every_metric_we_query_is_exported_by_the_runtime(live: Live) -> None:
             namespace=NAMESPACE,
             metrics_job=fraud_service.METRICS_SERVICE,
             workload=fraud_service.APP,
-            canary_name=fraud_service.APP,
         )
         queries += [rule["expr"] for rule in rules]
     referenced = {name for query in queries for name in _SERIES.findall(query)}

@@ -16,12 +16,6 @@ from infra.verify.platform import Platform, PlatformObject
 # Findings verify reports on the current tree in files other engineers are rewriting (infra/analysis.py,
 # infra/observability.py); see the report of branch `helm`. Every other check must pass on every stack.
 KNOWN_FINDINGS = {
-    # Defect 5: Flagger 1.40 labels the weight by workload (and its ServiceMonitor moves namespace to
-    # exported_namespace); the alert and the dashboard panel select name= and namespace="fraud".
-    "metrics": (
-        "flagger_canary_weight{namespace='fraud'} matches no series",
-        "flagger_canary_weight has no label 'name'",
-    ),
     # Defect 4: canary checks select namespace and model_version only.
     "canary-candidate": ("also matches the serving version's pods",),
 }
@@ -380,6 +374,20 @@ def test_metrics_accept_what_the_platform_exports_after_relabelling() -> None:
         "metrics",
     )
     assert [f for f in found if "PrometheusRule/fraud/t" in f] == []
+
+
+def test_the_canary_weight_alert_and_panel_select_what_flagger_exports() -> None:
+    """Defect 5: Flagger 1.40 labels flagger_canary_weight by workload and namespace, which its ServiceMonitor
+    moves to exported_namespace; the alert and the dashboard panel read the canary's own weight."""
+    platform = base()
+    (rule,) = platform.find("PrometheusRule", "fraud", "fraud-model")
+    (alert,) = [r for r in rule.spec["groups"][0]["rules"] if r.get("alert") == "FraudRolloutTrafficImbalance"]
+    weight = 'flagger_canary_weight{exported_namespace="fraud",workload="fraud-detector"}'
+    assert f"max({weight})" in alert["expr"]
+    (board,) = platform.find("ConfigMap", "fraud", "fraud-model-dashboard")
+    panels = json.loads(board.obj["data"]["fraud-model-rollout.json"])["panels"]
+    assert [p["targets"][0]["expr"] for p in panels if p["title"] == "Canary weight (Flagger)"] == [weight]
+    assert failures(platform, "metrics") == []
 
 
 def test_metrics_catch_a_family_nothing_scrapes() -> None:

@@ -82,7 +82,7 @@ def service_objects(
             config.analysis,
             name=DASHBOARD,
             namespace=NS,
-            canary_name=APP,
+            workload=APP,
             labels=object_labels(DASHBOARD),
             label=charts.GRAFANA_DASHBOARD_LABEL,
         )
@@ -99,7 +99,6 @@ def service_objects(
                 namespace=NS,
                 metrics_job=METRICS_SERVICE,
                 workload=APP,
-                canary_name=APP,
                 labels=object_labels(RULES),
             ),
         ),

@@ -20,6 +20,7 @@ scikit-learn, with the reason logged, when it is missing, unreadable or disagree
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,14 @@ _ONNX_IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; 10 is the IR of opset 
 _ONNX_OPSET = 21
 _ML_OPSET = 5  # TreeEnsemble (float64 splits and leaves) exists from ai.onnx.ml opset 5
 _BRANCH_LEQ = 0
+
+
+def import_onnxruntime() -> Any:
+    """onnxruntime, imported without its telemetry session file (it writes ``$TMPDIR/.ses`` on import)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
 
 
 class CompileError(ValueError):
@@ -193,8 +202,7 @@ class CompiledScorer:
     backend = "onnxruntime"
 
     def __init__(self, parts: EnsembleParts, onnx_bytes: bytes) -> None:
-        import onnxruntime
-
+        onnxruntime = import_onnxruntime()
         options = onnxruntime.SessionOptions()
         # Serving calls this from its event loop, one request at a time: no thread pools to contend with.
         options.intra_op_num_threads = 1
@@ -275,7 +283,7 @@ def compile_estimator(estimator: Any, check_rows: np.ndarray, threshold: float) 
     checked = agreement(scorer, estimator, matrix, threshold)
     if not checked.ok:
         raise CompileError(f"compiled scores disagree with scikit-learn: {checked.describe()}")
-    import onnxruntime
+    onnxruntime = import_onnxruntime()
 
     return CompiledArtifact(
         onnx_bytes=onnx_bytes,

@@ -457,9 +457,11 @@ def _treelite_scorer(parts: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 def _skl2onnx_scorer(parts: Any) -> Callable[[np.ndarray], np.ndarray]:
     """skl2onnx's own conversion of each member (float32 TreeEnsembleClassifier), one session per member."""
-    import onnxruntime
     from skl2onnx import to_onnx
 
+    from model.compiled import import_onnxruntime
+
+    onnxruntime = import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

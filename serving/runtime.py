@@ -32,6 +32,7 @@ from mlserver.types import (
     Datatype,
     InferenceRequest,
     InferenceResponse,
+    MetadataModelResponse,
     MetadataTensor,
     RequestInput,
     ResponseOutput,
@@ -210,6 +211,15 @@ class FraudRuntime(MLModel):
             logger.warning(f"fraud runtime: FAULT INJECTION ACTIVE: {self._faults.describe()}")
         return True
 
+    async def metadata(self) -> MetadataModelResponse:
+        """MLServer's model metadata, listing the version this server answers as (``versions`` is empty
+        otherwise, while every response names a ``model_version``)."""
+        answer = await super().metadata()
+        label = getattr(self, "_label", None) or self.version
+        if label and label not in answer.versions:
+            answer.versions = [*answer.versions, label]
+        return answer
+
     def __setattr__(self, name: str, value: Any) -> None:
         # mlserver.batching.load_batching replaces `predict` with a wrapper that queues the request and
         # lets the AdaptiveBatcher call its saved predict on merged requests. Validation must happen per
@@ -254,7 +264,7 @@ class FraudRuntime(MLModel):
         rows_input = RequestInput.model_construct(
             name=_BATCH_INPUT,
             shape=list(matrix.shape),
-            datatype=Datatype.FP64,
+            datatype=Datatype.FP64.value,
             parameters=None,
             data=TensorData.model_construct(root=matrix.ravel().tolist()),
         )
@@ -311,8 +321,9 @@ class FraudRuntime(MLModel):
 
 
 def _output(name: str, shape: list[int], datatype: Datatype, data: list[Any]) -> ResponseOutput:
+    # MLServer's types keep enum values (use_enum_values): its raw gRPC packing compares with "BYTES".
     return ResponseOutput.model_construct(
-        name=name, shape=shape, datatype=datatype, data=TensorData.model_construct(root=data)
+        name=name, shape=shape, datatype=datatype.value, data=TensorData.model_construct(root=data)
     )
 
 

@@ -399,6 +399,8 @@ def test_http_guards_give_clear_4xx() -> None:
 
     @app.post("/infer")
     async def infer(payload: InferenceRequest) -> dict:
+        data = payload.inputs[0].data
+        assert list(data.root if hasattr(data, "root") else data) in ([1.0], [2.5])
         return {"inputs": len(payload.inputs)}
 
     install_http_guards(app, max_body_bytes=2048)
@@ -423,8 +425,50 @@ def test_http_guards_give_clear_4xx() -> None:
 
     chunked = client.post("/infer", content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
+    import gzip
+    import struct
+
+    encoded = [
+        (gzip.compress(json.dumps(ok).encode()), {"content-encoding": "gzip"}, 200, None),
+        (gzip.compress(b" " * 100_000), {"content-encoding": "gzip"}, 413, "after decompression"),
+        (json.dumps(ok).encode(), {"content-encoding": "gzip"}, 400, "not valid gzip"),
+        (json.dumps(ok).encode(), {"content-encoding": "deflate"}, 415, "Content-Encoding 'deflate'"),
+    ]
+    # The binary-data extension: the JSON part names the tensor's size, its bytes follow.
+    head = json.dumps(
+        {"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "parameters": {"binary_data_size": 8}}]}
+    ).encode()
+    binary = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(head))}
+    encoded += [
+        (head + struct.pack("<d", 2.5), binary, 200, None),
+        (head + b"\0" * 4, binary, 400, "binary_data_size 8 does not fit the 4 bytes left"),
+        (head + b"\0" * 12, binary, 400, "4 bytes after the last input's tensor"),
+    ]
+    for body, headers, status, needle in encoded:
+        response = client.post("/infer", content=body, headers={"content-type": "application/json", **headers})
+        assert response.status_code == status, (headers, response.text)
+        assert needle is None or needle in response.json()["error"]
+    assert client.post("/infer", content=head + struct.pack("<d", 2.5), headers=binary).json() == {"inputs": 1}
     small = client.post("/infer", content=iter([json.dumps(ok).encode()]), headers={"content-type": "application/json"})
     assert small.status_code == 200
+
+
+def test_grpc_codes_mean_what_the_rest_statuses_mean() -> None:
+    import grpc
+
+    from serving.grpc_service import grpc_code
+
+    assert [grpc_code(status) for status in (400, 404, 413, 415, 422, 500, 503, 418, 502)] == [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INTERNAL,
+    ]
 
 
 # -- CLI ---------------------------------------------------------------------------------------------

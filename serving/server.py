@@ -377,13 +377,13 @@ def _shown(name: str | None) -> str:
 
 
 def guard_model_names(data_plane: Any, model_registry: Any) -> None:
-    """Inference only for served (name, version): checked before MLServer's data plane labels its metrics
-    with whatever name the request carried."""
+    """Inference only for served (name, version), and only once loaded: checked before MLServer's data plane
+    labels its metrics with whatever name the request carried (404, or 503 while loading)."""
     from mlserver.errors import MLServerError, ModelNotFound
 
     async def served(name: str, version: str | None) -> None:
         try:
-            await model_registry.get_model(name, version)
+            model = await model_registry.get_model(name, version)
         except ModelNotFound:
             models = await model_registry.get_models()
             available = ", ".join(
@@ -391,6 +391,8 @@ def guard_model_names(data_plane: Any, model_registry: Any) -> None:
             )
             which = f"model {_shown(name)}" + (f" version {_shown(version)}" if version else "")
             raise MLServerError(f"{which} is not served here; served: {available or 'none'}", 404) from None
+        if not model.ready:  # MLServer says 400; it is the server that is not ready, not the request
+            raise MLServerError(f"model {_shown(name)} is still loading; retry shortly", 503)
 
     infer: Callable[..., Awaitable[Any]] = data_plane.infer
     infer_stream = data_plane.infer_stream

@@ -22,7 +22,8 @@ from model.artifact import log_fraud_model
 from serving.process import MLServerProcess, free_ports
 from serving.synthetic_model import FEATURE_NAMES, train_synthetic_estimator
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module (./dev test uses --dist loadgroup): the registry is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-registry")]
 
 REGISTERED = "fraud-detector"
 

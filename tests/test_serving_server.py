@@ -30,7 +30,8 @@ from serving.feedback import PredictionSigner
 from serving.process import MLServerProcess, free_ports
 from serving.synthetic_model import FEATURE_NAMES
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module (./dev test uses --dist loadgroup), so the server starts once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-server")]
 
 MAX_ROWS = 64
 MAX_BODY_BYTES = 256 * 1024

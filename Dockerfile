@@ -39,8 +39,6 @@ RUN pip install --require-hashes --no-deps -r /opt/fraud/build/requirements-serv
 # transformers that the saved estimator references, and the compiled scorer).
 COPY model/ /opt/fraud/app/model/
 COPY serving/ /opt/fraud/app/serving/
-# model/gate.py's settings base (fraudctl/settings.py); the CLI itself is not this image's entry point.
-COPY fraudctl/ /opt/fraud/app/fraudctl/
 RUN mkdir -p /opt/fraud/empty
 USER 10001:10001
 # HTTP (V2 + /feedback), gRPC, Prometheus /metrics.

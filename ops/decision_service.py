@@ -401,9 +401,7 @@ class DecisionService:
                 return 200, self.interval(key, [stable], [candidate], selector, params).answer()
             if hook in ("confirm-traffic-increase", "confirm-promotion", "rollback"):
                 return self.confirm(key, hook)
-            raise _NotFound(
-                f"unknown Flagger hook {hook!r}; hooks: {', '.join(analysis.FLAGGER_ENDPOINTS)}"
-            )
+            raise _NotFound(f"unknown Flagger hook {hook!r}; hooks: {', '.join(analysis.FLAGGER_ENDPOINTS)}")
         except BadRequest as exc:
             return 400, {"error": str(exc)}
         except _Unavailable as exc:
@@ -668,16 +666,8 @@ def create_app(service: DecisionService) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line: ``python -m ops.replay serve`` (the image's command) or ``fraudctl replay serve``
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument(
-        "--transactions", type=int, default=None, help="transactions replayed per interval (default: the plan's)"
-    )
-    parser.add_argument("--kubernetes", action="store_true", help="resolve Argo pod-template hashes in-cluster")
+# Command line: ``python -m ops.replay serve`` (the image's command) or ``fraudctl replay serve``; the
+# arguments are declared in ops/replay.py.
 
 
 def settings_from_env() -> AnalysisSettings:
@@ -704,10 +694,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     allowed = [t.strip() for t in os.environ.get(ALLOWED_TARGETS_ENV, "").split(",") if t.strip()]
     prometheus = os.environ.get(PROMETHEUS_ENV, "")
-    replay = ReplayParameters(model=os.environ.get(MODEL_ENV, "fraud-detector"))
-    if args.transactions:
-        replay = replace(replay, transactions=args.transactions)
-    replay = replace(replay, timeout_seconds=max(10.0, settings.interval_seconds * 0.75))
+    from rollout.plan import pairs_per_interval
+
+    replay = ReplayParameters(
+        model=os.environ.get(MODEL_ENV, "fraud-detector"),
+        transactions=args.transactions or pairs_per_interval(settings.replay_rate, settings.interval_seconds),
+        timeout_seconds=max(10.0, settings.interval_seconds * 0.75),
+    )
     resolver = None
     if args.kubernetes:
         from ops.kube import KubeClient, in_cluster_credentials

@@ -23,9 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rollout.decision import LabelledPair
+if TYPE_CHECKING:
+    from rollout.decision import LabelledPair
 
 DEFAULT_MODEL = "fraud-detector"
 HOLDOUT_SOURCES = ("scenario", "synthetic")
@@ -252,6 +253,8 @@ def paired_replay(
     halts the rollout, a dead candidate fails it), but once BOTH sides failed a whole batch the replay
     ends early: there is nothing left to compare.
     """
+    from rollout.decision import LabelledPair
+
     started = time.monotonic()
     request_timeout = min(REQUEST_TIMEOUT_SECONDS, timeout_seconds)
     stable_side = _Side(_urls(stable), model, request_timeout, "the stable has no ready pod")
@@ -328,13 +331,16 @@ def holdout_loader(kind: str, source: str | None) -> Callable[[], Holdout]:
 
 
 def _add_arguments(serve: argparse.ArgumentParser, run: argparse.ArgumentParser) -> None:
-    from ops import decision_service
-
     for parser in (serve, run):
         parser.add_argument("--holdout", choices=HOLDOUT_SOURCES, default="scenario", help="transactions to replay")
         parser.add_argument("--source", help="dataset file or URL for --holdout scenario (else $FRAUD_DATA_SOURCE)")
-    decision_service.add_serve_arguments(serve)
-    serve.set_defaults(handler=decision_service.run_serve)
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--transactions", type=int, default=None, help="labelled pairs replayed per interval (default: the plan's)"
+    )
+    serve.add_argument("--kubernetes", action="store_true", help="find Argo's pods by hash through the API server")
+    serve.set_defaults(handler=_serve)
     run.add_argument("--stable", required=True, help="stable model server base URL, e.g. http://127.0.0.1:8080")
     run.add_argument("--candidate", required=True, help="candidate model server base URL")
     run.add_argument("--model", default=DEFAULT_MODEL)
@@ -353,6 +359,12 @@ def register(commands: Any, bench: Any) -> None:
         actions.add_parser("serve", help="run the decision service (ops/decision_service.py)"),
         actions.add_parser("run", help="replay once to a stable and a candidate; print the counts as JSON"),
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ops.decision_service import run_serve
+
+    return run_serve(args)
 
 
 def run_once(args: argparse.Namespace) -> int:

@@ -132,13 +132,13 @@ def format_plan(stack: str, result: Any) -> str:
         f"{d.fail_boundary:.2f}, pass at <= {d.pass_boundary:.2f}; at least {s.min_labelled_frauds} labelled "
         f"frauds; forced at the horizon, {s.horizon} intervals",
         "",
-        f"{'step':>4}  {'weight':>6}  {'left at interval':>16}  {'labelled frauds':>15}  "
+        f"{'step':>4}  {'weight':>6}  {'left after':>10}  {'labelled frauds':>15}  "
         f"{'P(healthy past)':>15}  {'P(recall drop caught)':>21}  {'P(precision drop caught)':>24}",
     ]
     for index, step in enumerate(result.steps, start=1):
-        left = "-" if math.isnan(step.expected_interval_left) else f"{step.expected_interval_left:.1f}"
+        left = _seconds(step.expected_seconds_left)
         lines.append(
-            f"{index:>4}  {step.weight:>5}%  {left:>16}  {step.expected_labelled_frauds:>15.0f}  "
+            f"{index:>4}  {step.weight:>5}%  {left:>10}  {step.expected_labelled_frauds:>15.0f}  "
             f"{step.promote_healthy:>15.3f}  {step.catch_recall_drop:>21.3f}  {step.catch_precision_drop:>24.3f}"
         )
     lines += [
@@ -167,6 +167,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from model.data import DatasetError
     from model.lifecycle import LifecycleError
     from model.paths import reports_dir
+    from rollout.decision import Design
     from rollout.simulate import SimulationError, load_holdout, operating_characteristic, simulate, write_chart
 
     if args.runs < 1:
@@ -174,6 +175,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.fault_at < 1:
         raise UsageError(f"--fault-at: must be interval 1 or later, got {args.fault_at}")
     config = _load(args)
+    last = Design.from_settings(config.analysis).max_looks
+    if args.fault_at > last:
+        raise UsageError(f"--fault-at: must be at most {last} (analysis.horizon + the number of steps)")
     _progress_to_stderr()
     started = time.monotonic()
     try:

@@ -405,10 +405,14 @@ class CheckState:
     description: str = ""
 
     def describe(self) -> str:
-        if self.difference is None:
-            return f"{self.name} {self.verdict.value}: not enough evidence yet ({self.frauds} labelled frauds)"
-        versus = "stable" if self.name.endswith("vs-stable") else "floor"
         how = " at the horizon" if self.forced else ""
+        if self.difference is None:
+            if self.verdict is Verdict.FAIL:
+                return f"{self.name} fail{how}: {self.frauds} labelled frauds, too few to decide (no data never passes)"
+            if self.verdict is Verdict.PASS:
+                return f"{self.name} pass (watching: {self.frauds} labelled frauds since it passed)"
+            return f"{self.name} undecided: not enough evidence yet ({self.frauds} labelled frauds)"
+        versus = "stable" if self.name.endswith("vs-stable") else "floor"
         return (
             f"{self.name} {self.verdict.value}{how}: candidate {self.candidate:.3f} vs {versus} {self.reference:.3f} "
             f"({self.difference:+.3f} ± {self.standard_error:.3f}; LLR {self.statistic:.2f}, fail ≥ "

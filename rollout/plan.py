@@ -7,7 +7,9 @@ last), FAIL rolls back, UNDECIDED and HALT hold. Labelled pairs are drawn per in
 ``interval`` of them, a share ``replayFraudShare`` frauds) from a stated planning point:
 
 * the stable sits at the floors (recall = ``minRecall``, precision at the replay's fraud share =
-  ``minPrecision``), the least favourable place a candidate may be;
+  ``minPrecision``), the least favourable place a candidate may be (a recall floor below 0.5 plans at 0.5,
+  where a paired difference is noisiest; a precision floor too low to leave room for the drop plans at
+  the lowest precision that does);
 * healthy: the candidate is exactly as good (every check at its H0); recall drop / precision drop: the
   candidate is worse by ``minDetectableDrop`` in that metric (at H1);
 * the two models' flags are independent given the label. Real models agree on most transactions, which
@@ -140,13 +142,14 @@ def walk(
 class StepPlan:
     weight: int
     expected_interval_left: float  # healthy: mean look at which the step is passed
+    expected_seconds_left: float
     expected_labelled_frauds: float  # healthy: labelled frauds seen by then
     promote_healthy: float  # P(a healthy candidate gets past this step)
     catch_recall_drop: float  # P(rolled back by the end of this step), recall worse by the drop
     catch_precision_drop: float
 
     def to_json(self) -> dict[str, Any]:
-        return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in vars(self).items()}
+        return {key: _number(value) for key, value in vars(self).items()}
 
 
 @dataclass(frozen=True)
@@ -173,13 +176,16 @@ class Plan:
 
     @property
     def meets_targets(self) -> bool:
-        return (
+        return planning_point(self.settings).problem is None and (
             self.false_rollback <= self.settings.false_rollback_rate
             and max(self.miss_recall, self.miss_precision) <= self.settings.miss_rate
         )
 
     def problems(self) -> list[str]:
         """Why this configuration cannot decide within its steps, naming the keys (empty when it can)."""
+        point = planning_point(self.settings)
+        if point.problem:
+            return [point.problem]
         if self.meets_targets:
             return []
         s = self.settings
@@ -215,8 +221,8 @@ class Plan:
             "catch_recall_drop": round(1 - self.miss_recall, 4),
             "catch_precision_drop": round(1 - self.miss_precision, 4),
             "forced_at_horizon_share": round(self.forced_share, 4),
-            "expected_seconds_to_promotion": round(self.seconds_to_promotion, 1),
-            "expected_seconds_to_rollback": round(self.seconds_to_rollback, 1),
+            "expected_seconds_to_promotion": _number(self.seconds_to_promotion, 1),
+            "expected_seconds_to_rollback": _number(self.seconds_to_rollback, 1),
             "meets_targets": self.meets_targets,
             "required_replay_rate_per_second": None if self.required_rps is None else round(self.required_rps, 3),
             "assumptions": self.assumptions,
@@ -225,18 +231,59 @@ class Plan:
         }
 
 
-def planning_points(settings: AnalysisSettings) -> dict[str, np.ndarray]:
-    """Cell probabilities of the plan's three candidates (see the module docstring)."""
+def _number(value: Any, digits: int = 4) -> Any:
+    """JSON-safe: floats rounded, NaN (nothing to average) as null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, digits)
+    return value
+
+
+@dataclass(frozen=True)
+class PlanningPoint:
+    """Where the plan puts the stable, and the worse candidates' rates (see the module docstring)."""
+
+    recall: float
+    precision: float  # at the replay's fraud share
+    false_positive_rate: float
+    worse_recall: float
+    worse_false_positive_rate: float
+    problem: str | None = None  # the configuration leaves no room for a drop of minDetectableDrop
+
+
+def planning_point(settings: AnalysisSettings) -> PlanningPoint:
+    """The stable at the floors; at recall 0.5 (the noisiest paired difference) when the recall floor is lower,
+    and at the lowest precision a drop of ``minDetectableDrop`` can leave when the precision floor is lower."""
     share, drop = settings.replay_fraud_share, settings.min_detectable_drop
-    recall = settings.min_recall
-    fpr = fpr_for_precision(settings.min_precision, recall, share)
-    worse_recall = max(recall - drop, 0.0)
-    worse_fpr = fpr_for_precision(settings.min_precision - drop, recall, share)
+    recall = max(settings.min_recall, 0.5)
+    flag_all = share * recall / (share * recall + (1 - share))  # precision when every legitimate one is flagged
+    precision = min(max(settings.min_precision, flag_all + drop), 1.0)
+    problem = None
+    if flag_all + drop > 1.0:
+        problem = (
+            f"analysis.minDetectableDrop ({drop:g}): at analysis.replayFraudShare {share:g} a model with recall "
+            f"{recall:g} keeps a precision of {flag_all:.3f} even flagging every legitimate transaction, so no "
+            "candidate can be that much less precise; lower replayFraudShare or minDetectableDrop"
+        )
+    return PlanningPoint(
+        recall=recall,
+        precision=precision,
+        false_positive_rate=fpr_for_precision(precision, recall, share),
+        worse_recall=recall - drop,
+        worse_false_positive_rate=min(fpr_for_precision(precision - drop, recall, share), 1.0),
+        problem=problem,
+    )
+
+
+def planning_points(settings: AnalysisSettings) -> dict[str, np.ndarray]:
+    """Cell probabilities of the plan's three candidates."""
+    point, share = planning_point(settings), settings.replay_fraud_share
+    recall, fpr = point.recall, point.false_positive_rate
+    legit = independent_table(fpr, fpr)
     return {
-        "healthy": cell_probabilities(share, independent_table(recall, recall), independent_table(fpr, fpr)),
-        "recall_drop": cell_probabilities(share, independent_table(recall, worse_recall), independent_table(fpr, fpr)),
+        "healthy": cell_probabilities(share, independent_table(recall, recall), legit),
+        "recall_drop": cell_probabilities(share, independent_table(recall, point.worse_recall), legit),
         "precision_drop": cell_probabilities(
-            share, independent_table(recall, recall), independent_table(fpr, min(worse_fpr, 1.0))
+            share, independent_table(recall, recall), independent_table(fpr, point.worse_false_positive_rate)
         ),
     }
 
@@ -276,13 +323,11 @@ def required_rate(
     def meets(rps: float) -> bool:
         return _meets(settings, _evaluate(settings, design, pairs_per_interval(rps, interval), runs, seed))
 
+    if not meets(ceiling):
+        return None
     # Below this, the horizon cannot even hold the minimum evidence.
     low = settings.min_labelled_frauds / (settings.replay_fraud_share * interval * settings.horizon)
-    high = max(low, 1e-3) * 2
-    while not meets(high):
-        if high > ceiling:
-            return None
-        low, high = high, high * 2
+    high = ceiling
     while high / low > 1.05:
         middle = math.sqrt(low * high)
         if meets(middle):
@@ -324,6 +369,7 @@ def plan(
             StepPlan(
                 weight=weight,
                 expected_interval_left=float(left[passed].mean()) if passed.any() else math.nan,
+                expected_seconds_left=float(left[passed].mean()) * interval if passed.any() else math.nan,
                 expected_labelled_frauds=float(np.mean(frauds_by_then)) if frauds_by_then else 0.0,
                 promote_healthy=float(passed.mean()),
                 catch_recall_drop=_caught_by(walks["recall_drop"], index),
@@ -351,7 +397,7 @@ def plan(
         runs=runs,
         assumptions=_assumptions(settings),
     )
-    if search and not result.meets_targets:
+    if search and not result.meets_targets and planning_point(settings).problem is None:
         from dataclasses import replace
 
         result = replace(result, required_rps=required_rate(settings, interval_seconds=interval, runs=runs, seed=seed))
@@ -366,11 +412,11 @@ def _caught_by(result: Walk, step: int) -> float:
 
 
 def _assumptions(settings: AnalysisSettings) -> dict[str, float]:
-    share = settings.replay_fraud_share
+    point = planning_point(settings)
     return {
-        "stable_recall": settings.min_recall,
-        "stable_false_positive_rate": round(fpr_for_precision(settings.min_precision, settings.min_recall, share), 6),
-        "stable_precision_at_replay_share": settings.min_precision,
+        "stable_recall": point.recall,
+        "stable_false_positive_rate": round(point.false_positive_rate, 6),
+        "stable_precision_at_replay_share": round(point.precision, 6),
         "flags_independent_given_label": 1.0,
     }
 

@@ -218,6 +218,11 @@ def simulate(
     if fault_at < 1:
         raise SimulationError(f"fault_at: must be interval 1 or later, got {fault_at}")
     design = Design.from_settings(settings)
+    if fault_at > design.max_looks:
+        raise SimulationError(
+            f"fault_at: interval {fault_at} is past the analysis' last one ({design.max_looks} = analysis.horizon "
+            "+ the number of steps)"
+        )
     rps = settings.replay_rate if rps is None else rps
     interval = settings.interval_seconds if interval_seconds is None else interval_seconds
     pairs = pairs_per_interval(rps, interval)

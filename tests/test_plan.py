@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from fraudctl.cli import main
-from rollout.plan import PlanError, fpr_for_precision, plan, planning_points
+from rollout.plan import PlanError, fpr_for_precision, plan, planning_point, planning_points
 from rollout.settings import AnalysisSettings
 
 RUNS = 600  # the plan's Monte-Carlo, smaller than the CLI's for speed
@@ -83,6 +83,22 @@ def test_a_replay_too_thin_to_decide_is_refused_naming_the_keys_and_the_rate_tha
     assert not plan(config, thin.required_rps / 1.3, runs=RUNS, search=False).meets_targets
 
 
+def test_a_drop_that_cannot_exist_at_the_replay_share_is_refused_for_that_reason() -> None:
+    # At 90 % frauds a model catching every fraud is 0.9 precise even flagging everything: no 15-point drop.
+    config = settings(replayFraudShare=0.9, minRecall=1.0, minDetectableDrop=0.15)
+    result = plan(config, runs=RUNS)
+    [problem] = result.problems()
+    assert problem.startswith("analysis.minDetectableDrop (0.15): at analysis.replayFraudShare 0.9")
+    assert not result.meets_targets and result.required_rps is None
+
+
+def test_low_floors_plan_where_the_checks_are_hardest() -> None:
+    point = planning_point(settings(minRecall=0.0, minPrecision=0.0, replayFraudShare=0.2, minDetectableDrop=0.1))
+    assert point.recall == 0.5  # 2 r (1 - r), the paired variance, is largest there
+    flag_all = 0.2 * 0.5 / (0.2 * 0.5 + 0.8)
+    assert point.precision == pytest.approx(flag_all + 0.1) and point.worse_false_positive_rate == pytest.approx(1.0)
+
+
 def test_a_horizon_that_cannot_hold_the_minimum_evidence_never_passes() -> None:
     config = settings(interval=10, horizon=2, minLabelledFrauds=100)
     starved = plan(config, 1.0, runs=RUNS, search=False)  # 2 frauds per interval
@@ -120,6 +136,11 @@ def test_plan_command_exits_2_naming_the_keys_when_it_cannot_decide(capsys) -> N
     assert "3 pairs per interval" in captured.out
     assert captured.err.startswith("fraudctl analysis: analysis.replayRate (1/s) x analysis.interval (3 s)")
     assert "needs a replay of at least" in captured.err and "Traceback" not in captured.err
+    argv = ["analysis", "plan", "--rps", "0.5", "--interval", "10", "--runs", "200", "--json"]
+    assert main(argv) == 2
+    payload = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert not payload["meets_targets"] and payload["steps"][0]["expected_seconds_left"] is None
+    assert payload["problems"] and payload["required_replay_rate_per_second"] > 0.5
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,11 @@ def test_the_four_scenarios_end_as_the_rule_promises(holdout: ScoredHoldout) -> 
     assert all(result["targets"].values())
 
 
+def test_a_fault_after_the_last_interval_is_refused(holdout: ScoredHoldout) -> None:
+    with pytest.raises(SimulationError, match="interval 14 is past the analysis' last one"):
+        simulate(AnalysisSettings(), holdout, runs=10, fault_at=14, progress=lambda message: None)
+
+
 def test_the_same_seed_gives_the_same_figures(holdout: ScoredHoldout) -> None:
     config = AnalysisSettings()
     one = simulate(config, holdout, runs=200, seed=8, progress=lambda message: None)
@@ -135,6 +140,7 @@ def test_a_stable_that_never_flags_makes_an_undefined_precision_a_clear_error() 
     [
         (["--runs", "0"], "--runs: must be 1 or more"),
         (["--fault-at", "0"], "--fault-at: must be interval 1 or later"),
+        (["--fault-at", "14"], "--fault-at: must be at most 13"),
         (["--rps", "-2"], "--rps: must be a positive number"),
         (["--stack", "nope"], "known stacks are dev, multiregion"),
     ],

@@ -46,12 +46,11 @@ from typing import Any, Protocol
 
 from ops.replay import Holdout, PairedResult, ReplayError, holdout_loader, paired_replay, smoke
 from rollout import analysis
-from rollout.decision import Decision, LabelledPair, SequentialAnalysis, Verdict
+from rollout.decision import Decision, SequentialAnalysis, Verdict
 from rollout.settings import AnalysisSettings
 
 log = logging.getLogger("fraud.decision")
 
-DEFAULT_PORT = 8080
 ALLOWED_TARGETS_ENV = "REPLAY_ALLOWED_TARGETS"
 ANALYSIS_ENV = "DECISION_ANALYSIS"  # the stack's analysis section as JSON (keys as in stack files)
 PROMETHEUS_ENV = "DECISION_PROMETHEUS_URL"
@@ -78,6 +77,8 @@ class ReplayParameters:
     transactions: int = 2000
     batch_size: int = 32
     timeout_seconds: float = 45.0
+    # The batches are spread over this share of the time budget (the rest is slack for slow answers).
+    spread_share: float = 0.8
 
     _LIMITS = {"transactions": (1, 10_000_000), "batchSize": (1, 1_000), "timeoutSeconds": (1, 3_600)}
 
@@ -564,6 +565,7 @@ def replay_sides(
         transactions=params.transactions,
         batch_size=params.batch_size,
         timeout_seconds=params.timeout_seconds,
+        spread_seconds=params.timeout_seconds * params.spread_share,
         should_stop=should_stop,
     )
 
@@ -572,10 +574,6 @@ def _side_summary(side: Any) -> str:
     return (
         f"{side.answered}/{side.requests} batches ok" if not side.error else f"{side.answered} answered, {side.error}"
     )
-
-
-def pairs_of(result: PairedResult) -> list[LabelledPair]:
-    return result.pairs
 
 
 # ---------------------------------------------------------------------------------------------------

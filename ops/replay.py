@@ -242,17 +242,23 @@ def paired_replay(
     transactions: int,
     batch_size: int = 32,
     timeout_seconds: float = 60.0,
+    spread_seconds: float = 0.0,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> PairedResult:
     """Replay up to ``transactions`` holdout transactions to both sides within ``timeout_seconds``.
 
     ``stable`` / ``candidate``: a base URL, or the URLs of one side's pods (batches rotate over them;
-    none: that side has no ready pod and every batch is its non-answer).
+    none: that side has no ready pod and every batch is its non-answer). ``spread_seconds``: pace the batches
+    evenly over this long instead of sending them at once, so the replay does not crowd out production
+    traffic (nor inflate the latency the system checks read).
 
-    A side that stops answering keeps getting its share (its non-answers are evidence: a dead stable
-    halts the rollout, a dead candidate fails it), but once BOTH sides failed a whole batch the replay
-    ends early: there is nothing left to compare.
+    Both sides get each batch at the same time (one thread each). A side that stops answering keeps getting
+    its share (its non-answers are evidence: a dead stable halts the rollout, a dead candidate holds it and
+    fails its success-rate check), but once BOTH sides failed a whole batch the replay ends early: there is
+    nothing left to compare.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from rollout.decision import LabelledPair
 
     started = time.monotonic()
@@ -260,13 +266,18 @@ def paired_replay(
     stable_side = _Side(_urls(stable), model, request_timeout, "the stable has no ready pod")
     candidate_side = _Side(_urls(candidate), model, request_timeout, "the candidate has no ready pod")
     result = PairedResult(stable=stable_side.counts, candidate=candidate_side.counts)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-candidate")
     try:
         while result.transactions < transactions and time.monotonic() - started < timeout_seconds:
             if should_stop():
                 break
+            if spread_seconds > 0:
+                due = started + spread_seconds * result.transactions / transactions
+                time.sleep(max(0.0, min(due, started + timeout_seconds) - time.monotonic()))
             batch = holdout.take(min(batch_size, transactions - result.transactions))
+            candidate_answer = pool.submit(candidate_side.score, batch, holdout.feature_names)
             stable_flags = stable_side.score(batch, holdout.feature_names)
-            candidate_flags = candidate_side.score(batch, holdout.feature_names)
+            candidate_flags = candidate_answer.result()
             result.pairs += [
                 LabelledPair(is_fraud=bool(t.label), stable_flagged=s, candidate_flagged=c)
                 for t, s, c in zip(batch, stable_flags, candidate_flags, strict=True)
@@ -274,6 +285,7 @@ def paired_replay(
             if stable_flags[0] is None and candidate_flags[0] is None:
                 break
     finally:
+        pool.shutdown(wait=True)
         stable_side.close()
         candidate_side.close()
     result.seconds = round(time.monotonic() - started, 3)

@@ -182,6 +182,7 @@ class _CanaryState:
     failed: int = 0
     waiting_promotion: bool = False
     halted: int = 0  # intervals in a row the decision was HALT
+    failing: list[str] = field(default_factory=list)  # what failed last
     body: dict[str, Any] = field(default_factory=dict)  # the decision service's last answer
 
 
@@ -360,9 +361,10 @@ class RolloutEngine:
         while len(self._steps) < self.max_intervals:
             index, started = self._begin()
             hooks: dict[str, int] = {}
+            weight = state.weight  # the weight this interval is analysed at
             action, checks, phase, end = self._canary_interval(state, weights, hooks)
             step = self._record(
-                index, started, phase, state.weight, checks=checks, failed=state.failed, body=state.body,
+                index, started, phase, weight, checks=checks, failed=state.failed, body=state.body,
                 action=action, hooks=hooks,
             )  # fmt: skip
             self.progress(step, total)
@@ -392,7 +394,10 @@ class RolloutEngine:
         # 2. failed-checks threshold
         if state.failed >= self.settings.threshold:
             self._route_back()
-            reason = f"{state.failed} failed checks reached the threshold {self.settings.threshold}"
+            reason = (
+                f"{state.failed} failed checks reached the threshold {self.settings.threshold} "
+                f"(last: {', '.join(state.failing)})"
+            )
             return "rollback", [], phase, ("rolled_back", reason)
         # 3. pre-rollout hooks at weight 0, else the analysis: rollout hook, then the metric checks
         checks: list[CheckResult] = []
@@ -411,6 +416,7 @@ class RolloutEngine:
                 checks = self.rig.system_checks(self.interval)
         if status != 200 or not all(c.passed for c in checks):
             state.failed += 1
+            state.failing = [c.name for c in checks if not c.passed] or [f"{phase} hook answered {status}"]
             return "failed check", checks, phase, None
         state.halted = state.halted + 1 if state.body.get("verdict") == "halt" else 0
         # 4. confirm-traffic-increase (not asked while waiting for promotion)

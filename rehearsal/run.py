@@ -47,7 +47,10 @@ def _progress(step: StepRecord, total: int) -> None:
     checks = " | ".join(c.describe() for c in step.checks)
     fault = " [fault active]" if step.fault_active else ""
     where = f"step {step.index} ({step.phase}, weight {step.weight}%){fault}"
-    verdict = f"{step.verdict or 'no verdict'}: {step.reason}" if step.reason else step.verdict or "no verdict"
+    # A pass says little more than "pass"; anything else says why.
+    verdict = step.verdict or "no verdict"
+    if step.reason and step.verdict != "pass":
+        verdict += f": {step.reason}"
     _log(f"{where}: {verdict}{' | ' + checks if checks else ''} -> {step.action}, failed checks {step.failed_checks}")
 
 

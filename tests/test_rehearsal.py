@@ -26,8 +26,11 @@ from rehearsal.run import RehearsalOptions, rehearse
 
 pytestmark = pytest.mark.slow
 
-# The compressed run: a short horizon keeps it to a few intervals; the plan sizes the local replay for it.
-COMPRESSED = {"analysis": {"horizon": 4, "threshold": 2}}
+# The compressed run: a short horizon keeps it to a few intervals, and a drop of 20 points (the degrade fault
+# is far worse) keeps the replay the plan sizes for 3 s intervals small. The machine running the suite is
+# shared, so a p99 over a few seconds is noise here: latency is not under test (tests/test_rollout_engine.py
+# covers the latency check's path), the decision service is.
+COMPRESSED = {"analysis": {"horizon": 4, "minDetectableDrop": 0.2, "threshold": 2, "maxLatencyP99Ms": 5000}}
 INTERVAL = 3.0
 
 
@@ -72,7 +75,8 @@ def test_canary_promotes_a_healthy_candidate_on_real_servers(scenario, home, tmp
     assert data["decision"] == "promoted", data["decision_reason"]
     assert data["decision_reason"].startswith("pass after")
     advanced = [d for d in data["decisions"] if d["action"].startswith("advance")]
-    assert [s["weight"] for s in data["steps"] if s["index"] in {d["index"] for d in advanced}] == [5, 10, 50]
+    assert [d["action"] for d in advanced] == ["advance to 5%", "advance to 10%", "advance to 50%"]
+    assert [s["weight"] for s in data["steps"]][: len(advanced)] == [0, 5, 10]  # each interval's weight
     assert all(d["hooks"]["confirm-traffic-increase"] == 200 and d["verdict"] == "pass" for d in advanced)
     assert data["primary_healthy"] is True and data["primary_failed"] == 0 and data["candidate_failed"] == 0
     # Labels went to both servers: one per replayed transaction each.

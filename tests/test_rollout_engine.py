@@ -24,6 +24,8 @@ def test_canary_promotes_a_healthy_candidate_step_by_step() -> None:
     outcome, rig, _ = rehearse("canary")
     assert outcome.decision == "promoted", outcome.reason
     assert rig.weights == [5, 10, 50, 100]
+    assert weights_of(outcome) == [0, 5, 10, 50]  # the weight each interval was analysed at
+    assert [s.phase for s in outcome.steps] == ["pre-rollout", "canary", "canary", "canary"]
     assert all(step.failed_checks == 0 for step in outcome.steps)
     assert outcome.primary_healthy is True
     # The weight only ever moved on a 200 from confirm-traffic-increase / confirm-promotion.
@@ -83,7 +85,7 @@ def test_each_ml_check_alone_rolls_back(check: str, script: Script) -> None:
 def test_each_system_check_rolls_back_at_the_failed_checks_threshold(check: str, script: Script) -> None:
     outcome, rig, _ = rehearse("canary", script, fault=FaultPlan("error", at_step=3), threshold=2)
     assert outcome.decision == "rolled_back"
-    assert outcome.reason == "2 failed checks reached the threshold 2"
+    assert outcome.reason == f"2 failed checks reached the threshold 2 (last: {check})"
     failing = [s for s in outcome.steps if s.action == "failed check"]
     assert len(failing) == 2 and all(not {c.name: c for c in s.checks}[check].passed for s in failing)
     assert rig.weight == 0

@@ -66,7 +66,6 @@ class LocalRig:
             pod_template_hash(self.models.candidate_uri, self.models.candidate_version),
         )
         self.faulty_since: float | None = None
-        self.prometheus_error = ""  # the last time Prometheus could not be asked, why
         self._replayed_at = 0.0  # when the last replay ended (its requests must be scraped before a query)
         self.started_pids: list[int] = []  # every process the rig started, for leftover checks
 
@@ -186,10 +185,7 @@ class LocalRig:
         old, self.candidate = self.candidate, faulty
         self.faulty_since = time.time()
         self.traffic.route(*self._backends())
-        try:
-            self.prometheus.set_targets(self._targets())
-        except Exception as exc:  # Prometheus gone: the checks will say "no data"
-            self.prometheus_error = f"Prometheus did not take the new target: {exc}"
+        self.prometheus.set_targets(self._targets())
         old.stop()
 
     def _query(self, role: str, check: analysis.AnalysisCheck, window_seconds: float) -> tuple[float | None, str]:
@@ -206,11 +202,8 @@ class LocalRig:
         )
         if self.prometheus is None:
             return None, query
-        try:
-            return self.prometheus.query(query), query
-        except Exception as exc:  # unreachable or refused: no data, never a pass
-            self.prometheus_error = f"Prometheus at {self.prometheus.url} did not answer: {type(exc).__name__}"
-            return None, query
+        # Prometheus gone is not a value: it ends the rehearsal with a report (rehearsal/run.py), never a pass.
+        return self.prometheus.query(query), query
 
     def settle(self) -> None:
         """Wait until the last replay's requests were scraped (1.5 scrape intervals after it ended)."""

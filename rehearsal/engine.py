@@ -136,7 +136,9 @@ class Rig(Protocol):
         """Production traffic's share for the candidate from now on (0: all to the stable)."""
         ...
 
-    def inject_fault(self) -> None: ...
+    def inject_fault(self) -> float:
+        """Make the candidate faulty; returns when the fault reached traffic (on the rig's clock)."""
+        ...
 
     def wait(self, seconds: float) -> None:
         """Let time pass (production traffic keeps flowing)."""
@@ -281,8 +283,7 @@ class RolloutEngine:
     def _begin(self) -> tuple[int, float]:
         index = len(self._steps) + 1
         if self.fault.mode and index == self.fault.at_step and self._fault_at is None:
-            self.rig.inject_fault()
-            self._fault_at = self.rig.now()
+            self._fault_at = self.rig.inject_fault()
         return index, self.rig.now()
 
     def _record(self, index: int, started: float, phase: str, weight: int, **fields: Any) -> StepRecord:

@@ -173,9 +173,10 @@ class LocalRig:
     def bad_answers(self) -> int:
         return self.traffic.tally.answered_while_faulty
 
-    def inject_fault(self) -> None:
+    def inject_fault(self) -> float:
         """Roll the candidate to a faulty pod, as `SIMULATE_ERROR` set on it would: the new process is ready
-        before traffic moves to it, so the fault shows in the model's answers, not as downtime."""
+        before traffic moves to it, so the fault shows in the model's answers, not as downtime. Returns when
+        the fault reached traffic."""
         assert self.candidate and self.prometheus and self.fault_mode
         env = {"SIMULATE_ERROR": "true" if self.fault_mode == "error" else self.fault_mode}
         self.log(f"injecting fault: SIMULATE_ERROR={env['SIMULATE_ERROR']} on the candidate")
@@ -187,6 +188,7 @@ class LocalRig:
         self.traffic.route(*self._backends())
         self.prometheus.set_targets(self._targets())
         old.stop()
+        return self.faulty_since
 
     def _query(self, role: str, check: analysis.AnalysisCheck, window_seconds: float) -> tuple[float | None, str]:
         stable_hash, candidate_hash = self.hashes

@@ -78,8 +78,9 @@ class ScriptedRig:
         self.weight = candidate_weight
         self.weights.append(candidate_weight)
 
-    def inject_fault(self) -> None:
+    def inject_fault(self) -> float:
         self.fault_active = True
+        return self.clock
 
     def wait(self, seconds: float) -> None:
         if self.fault_active:

@@ -68,6 +68,7 @@ class LocalRig:
         self.faulty_since: float | None = None
         self._replayed_at = 0.0  # when the last replay ended (its requests must be scraped before a query)
         self.started_pids: list[int] = []  # every process the rig started, for leftover checks
+        self._retired: list[MLServerProcess] = []  # candidates replaced by a faulty one, stopped with the rig
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalRig:
@@ -107,13 +108,14 @@ class LocalRig:
 
     def stop(self) -> None:
         self.traffic.stop()
-        for proc in [self.prometheus, self.candidate, self.stable]:
+        for proc in [self.prometheus, self.candidate, self.stable, *self._retired]:
             if proc is not None:
                 try:
                     proc.stop()
                 except Exception as exc:  # keep stopping the rest
                     self.log(f"stop failed: {exc}")
         self.prometheus = self.candidate = self.stable = None
+        self._retired.clear()
 
     def __enter__(self) -> LocalRig:
         return self.start()
@@ -186,8 +188,9 @@ class LocalRig:
         old, self.candidate = self.candidate, faulty
         self.faulty_since = time.time()
         self.traffic.route(*self._backends())
+        # The old process stops with the rig: stopping it now would delay the interval the fault is judged in.
+        self._retired.append(old)
         self.prometheus.set_targets(self._targets())
-        old.stop()
         return self.faulty_since
 
     def _query(self, role: str, check: analysis.AnalysisCheck, window_seconds: float) -> tuple[float | None, str]:

@@ -175,6 +175,10 @@ class RolloutKey:
     revision: str  # Flagger: the canary checksum; Argo: the new ReplicaSet's pod-template hash
     phase: str = ""  # Argo: pre | post (each analysis run judges afresh)
 
+    def same_rollout(self, other: RolloutKey) -> bool:
+        """The same canary or Rollout (perhaps another revision of it)."""
+        return (self.controller, self.namespace, self.name) == (other.controller, other.namespace, other.name)
+
     def __str__(self) -> str:
         suffix = f"/{self.phase}" if self.phase else ""
         return f"{self.controller}:{self.namespace}/{self.name}@{self.revision}{suffix}"
@@ -305,9 +309,8 @@ class DecisionService:
         with self._lock:
             state = self._rollouts.get(key)
             if state is None:
-                for old in [k for k in self._rollouts if k.controller == key.controller and k.name == key.name
-                            and k.namespace == key.namespace and k.revision != key.revision]:  # fmt: skip
-                    del self._rollouts[old]
+                for older in [k for k in self._rollouts if k.same_rollout(key) and k.revision != key.revision]:
+                    del self._rollouts[older]
                 state = RolloutState(key, SequentialAnalysis(self.settings, self.plan))
                 self._rollouts[key] = state
                 while len(self._rollouts) > self.max_rollouts:
@@ -389,6 +392,8 @@ class DecisionService:
     # -- Flagger -------------------------------------------------------------------------------------
     def flagger(self, hook: str, body: Any) -> tuple[int, dict[str, Any]]:
         try:
+            if hook not in analysis.FLAGGER_ENDPOINTS:
+                raise _NotFound(f"unknown Flagger hook {hook!r}; hooks: {', '.join(analysis.FLAGGER_ENDPOINTS)}")
             payload = _flagger_payload(body)
             if hook == "smoke":
                 return self._smoke(self._target(payload.metadata, "candidate"), payload.metadata, flagger=True)
@@ -397,12 +402,10 @@ class DecisionService:
                 params = self.replay.overridden(payload.metadata)
                 stable = self._target(payload.metadata, "stable")
                 candidate = self._target(payload.metadata, "candidate")
-                target = payload.metadata.get("target", payload.name)
+                target = _string(payload.metadata, "target") if "target" in payload.metadata else payload.name
                 selector = analysis.FLAGGER.selector(analysis.PRIMARY, target=target, namespace=payload.namespace)
                 return 200, self.interval(key, [stable], [candidate], selector, params).answer()
-            if hook in ("confirm-traffic-increase", "confirm-promotion", "rollback"):
-                return self.confirm(key, hook)
-            raise _NotFound(f"unknown Flagger hook {hook!r}; hooks: {', '.join(analysis.FLAGGER_ENDPOINTS)}")
+            return self.confirm(key, hook)
         except BadRequest as exc:
             return 400, {"error": str(exc)}
         except _Unavailable as exc:
@@ -421,6 +424,8 @@ class DecisionService:
     # -- Argo Rollouts -------------------------------------------------------------------------------
     def argo(self, kind: str, body: Any) -> tuple[int, dict[str, Any]]:
         try:
+            if kind not in analysis.ARGO_ENDPOINTS:
+                raise _NotFound(f"unknown Argo endpoint {kind!r}; endpoints: {', '.join(analysis.ARGO_ENDPOINTS)}")
             raw = _object(body, "the analysis template's JSON body")
             unknown = sorted(set(raw) - _ARGO_KEYS)
             if unknown:
@@ -432,33 +437,31 @@ class DecisionService:
                 if not urls:
                     return 200, {"ok": False, "error": f"no ready pod with {analysis.ARGO.pod_label}={candidate_hash}"}
                 return self._smoke(urls[0], raw, flagger=False)
-            if kind == "decision":
-                phase = _string(raw, "phase")
-                if phase not in analysis.ARGO_PHASES:
-                    raise BadRequest(f"phase: must be one of {', '.join(analysis.ARGO_PHASES)}, got {phase!r}")
-                candidate_hash, stable_hash = _string(raw, "candidateHash"), _string(raw, "stableHash")
-                key = RolloutKey("argo", namespace, _string(raw, "rollout"), candidate_hash, phase)
-                params = self.replay.overridden({k: v for k, v in raw.items() if k in _REPLAY_KEYS})
-                selector = analysis.ARGO.selector(analysis.PRIMARY, stable_hash=stable_hash, namespace=namespace)
-                measurements = _optional_int(raw, "measurements")
-                stable, candidate = self._pods(namespace, stable_hash), self._pods(namespace, candidate_hash)
-                state = self.interval(key, stable, candidate, selector, params)
-                if measurements and state.intervals >= measurements and state.decision.verdict is Verdict.UNDECIDED:
-                    # Argo would count an undecided last measurement as a success: pause for a person instead.
-                    with state.lock:
-                        state.decision = _halt(
-                            state.decision,
-                            f"the analysis run's {measurements} measurements ended before the analysis decided "
-                            f"({state.decision.reason})",
-                        )
-                return 200, state.answer()
-            raise _NotFound(f"unknown Argo endpoint {kind!r}; endpoints: smoke, decision")
+            return 200, self._argo_decision(raw, namespace).answer()
         except BadRequest as exc:
             return 400, {"error": str(exc)}
         except _Unavailable as exc:
             return 503, {"error": str(exc)}
         except _NotFound as exc:
             return 404, {"error": str(exc)}
+
+    def _argo_decision(self, raw: Mapping[str, Any], namespace: str) -> RolloutState:
+        phase = _string(raw, "phase")
+        if phase not in analysis.ARGO_PHASES:
+            raise BadRequest(f"phase: must be one of {', '.join(analysis.ARGO_PHASES)}, got {phase!r}")
+        candidate_hash, stable_hash = _string(raw, "candidateHash"), _string(raw, "stableHash")
+        key = RolloutKey("argo", namespace, _string(raw, "rollout"), candidate_hash, phase)
+        params = self.replay.overridden({k: v for k, v in raw.items() if k in _REPLAY_KEYS})
+        selector = analysis.ARGO.selector(analysis.PRIMARY, stable_hash=stable_hash, namespace=namespace)
+        measurements = _optional_int(raw, "measurements")
+        stable, candidate = self._pods(namespace, stable_hash), self._pods(namespace, candidate_hash)
+        state = self.interval(key, stable, candidate, selector, params)
+        with state.lock:
+            if measurements and state.intervals >= measurements and state.decision.verdict is Verdict.UNDECIDED:
+                # Argo would count an undecided last measurement as a success: pause for a person instead.
+                why = f"the analysis run's {measurements} measurements ended before the analysis decided"
+                state.decision = _halt(state.decision, f"{why} ({state.decision.reason})")
+        return state
 
     # -- smoke ---------------------------------------------------------------------------------------
     def _smoke(self, target: str, raw: Mapping[str, Any], *, flagger: bool) -> tuple[int, dict[str, Any]]:

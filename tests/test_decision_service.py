@@ -173,6 +173,8 @@ def test_transport_level_bad_input_is_json_too() -> None:
     assert not_json.status_code == 400 and not_json.json()["error"].startswith("body: not JSON")
     unknown = client.post("/flagger/promote-now", json=flagger())
     assert unknown.status_code == 404 and "unknown Flagger hook" in unknown.json()["error"]
+    unknown = client.post("/argo/promote-now", json={})
+    assert unknown.status_code == 404 and "unknown Argo endpoint" in unknown.json()["error"]
     nowhere = client.get("/nowhere")
     assert nowhere.status_code == 404 and "no route GET /nowhere" in nowhere.json()["error"]
     wrong_method = client.get("/flagger/replay")

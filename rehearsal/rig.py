@@ -186,11 +186,12 @@ class LocalRig:
         if faulty.pid:
             self.started_pids.append(faulty.pid)
         old, self.candidate = self.candidate, faulty
+        # Scraped before it takes traffic, as a cluster's Prometheus discovers a pod as it becomes ready.
+        self.prometheus.set_targets(self._targets())
         self.faulty_since = time.time()
         self.traffic.route(*self._backends())
         # The old process stops with the rig: stopping it now would delay the interval the fault is judged in.
         self._retired.append(old)
-        self.prometheus.set_targets(self._targets())
         return self.faulty_since
 
     def _query(self, role: str, check: analysis.AnalysisCheck, window_seconds: float) -> tuple[float | None, str]:

@@ -26,7 +26,8 @@ from serving.metrics import METRIC_NAMES
 from serving.process import MLServerProcess, free_ports
 from serving.synthetic_model import train_synthetic_model
 
-pytestmark = pytest.mark.slow
+# One worker starts the servers once under `pytest -n 2 --dist loadgroup`.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("analysis-live")]
 
 SIGNING_KEY = "analysis-live-test-signing-key-0123456789"
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens
@@ -106,7 +107,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
         service = DecisionService(
             settings,
             synthetic_holdout,
-            replay=ReplayParameters(transactions=640, timeout_seconds=60),
+            # All at once: the spread that keeps production traffic smooth would only make the test wait.
+            replay=ReplayParameters(transactions=640, timeout_seconds=60, spread_share=0.0),
             allowed_targets=[primary.http_url, canary.http_url, UNREACHABLE],
             health=PrometheusHealth(prometheus.url, settings, window_seconds=60),
             resolver=_Resolver({PRIMARY_HASH: primary.http_url, CANARY_HASH: canary.http_url}),

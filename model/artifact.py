@@ -3,14 +3,21 @@
 A fraud model is an MLflow sklearn-flavour model whose MLmodel ``metadata`` carries what serving
 needs besides the estimator: the decision threshold chosen on validation data, the model version
 label used in metrics, and the ordered feature names that requests must carry.
+
+Saving or logging also compiles the ensemble (model/compiled.py) and ships the graph in the same MLflow
+model (``extra_files/fraud-ensemble.onnx``, described by metadata ``fraud_compiled``), after checking it
+against scikit-learn on ``check_rows``. A model that cannot be compiled is still saved, without it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from model.progress import Report, quiet
 
 # Pinned runtime requirements logged with every model: inferring them costs seconds per log.
 MODEL_PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "numpy", "pandas"]
@@ -42,6 +49,8 @@ class FraudModel:
     threshold: float
     model_version: str
     feature_names: tuple[str, ...]
+    compiled_info: dict[str, Any] | None = None  # metadata fraud_compiled (model/compiled.py)
+    compiled_onnx: bytes | None = field(default=None, repr=False, compare=False)
 
     def fraud_probability(self, frame: Any) -> Any:
         return self.estimator.predict_proba(frame[list(self.feature_names)])[:, 1]
@@ -61,22 +70,63 @@ def fraud_metadata(*, threshold: float, model_version: str, feature_names: list[
     }
 
 
+def _compiled_extras(
+    estimator: Any, threshold: float, feature_names: list[str], check_rows: Any, scratch: Path, report: Report
+) -> tuple[list[str], dict[str, Any]]:
+    """(extra_files, metadata) carrying the compiled ensemble, or nothing when it cannot be compiled."""
+    import numpy as np
+
+    from model.compiled import ONNX_FILENAME, CompileError, compile_estimator, probe_rows
+
+    if check_rows is None:
+        rows = probe_rows(feature_names)
+    elif hasattr(check_rows, "columns"):
+        rows = check_rows[list(feature_names)].to_numpy(dtype=np.float64)
+    else:
+        rows = np.asarray(check_rows, dtype=np.float64)
+    try:
+        compiled = compile_estimator(estimator, rows, threshold)
+    except (CompileError, ImportError) as exc:
+        report(f"model: not compiled, serving will use scikit-learn ({exc})")
+        return [], {}
+    path = scratch / ONNX_FILENAME
+    path.write_bytes(compiled.onnx_bytes)
+    info = compiled.metadata
+    report(
+        f"model: ensemble compiled ({info['runtime']}), checked on {info['checked_rows']:,} rows, "
+        f"max difference {info['max_abs_diff']:.1e}"
+    )
+    return [str(path)], {"fraud_compiled": info}
+
+
 def save_fraud_model(
-    estimator: Any, path: str | Path, *, threshold: float, model_version: str, feature_names: list[str]
+    estimator: Any,
+    path: str | Path,
+    *,
+    threshold: float,
+    model_version: str,
+    feature_names: list[str],
+    check_rows: Any = None,
+    report: Report = quiet,
 ) -> Path:
     """Write the model to a local MLflow model directory (no tracking server involved)."""
     import mlflow.sklearn
 
     metadata = fraud_metadata(threshold=threshold, model_version=model_version, feature_names=feature_names)
-    mlflow.sklearn.save_model(
-        estimator,
-        str(path),
-        serialization_format="skops",
-        skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        pip_requirements=MODEL_PIP_REQUIREMENTS,
-        pyfunc_predict_fn="predict_proba",
-        metadata=metadata,
-    )
+    with tempfile.TemporaryDirectory(prefix="fraud-compile-") as scratch:
+        extra_files, compiled = _compiled_extras(
+            estimator, threshold, feature_names, check_rows, Path(scratch), report
+        )
+        mlflow.sklearn.save_model(
+            estimator,
+            str(path),
+            serialization_format="skops",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pip_requirements=MODEL_PIP_REQUIREMENTS,
+            pyfunc_predict_fn="predict_proba",
+            metadata=metadata | compiled,
+            extra_files=extra_files or None,
+        )
     return Path(path)
 
 
@@ -88,50 +138,80 @@ def log_fraud_model(
     feature_names: list[str],
     registered_model_name: str | None = None,
     name: str = "model",
+    check_rows: Any = None,
+    report: Report = quiet,
 ) -> Any:
-    """Log the model to the active MLflow run (and register it when a name is given)."""
+    """Log the model to the active MLflow run (and register it when a name is given).
+
+    ``check_rows`` (feature rows, e.g. the validation slice) are what the compiled ensemble is checked on
+    against scikit-learn before it is shipped; without them, generated probe rows are used.
+    """
     import mlflow.sklearn
 
     metadata = fraud_metadata(threshold=threshold, model_version=model_version, feature_names=feature_names)
-    return mlflow.sklearn.log_model(
-        estimator,
-        name=name,
-        serialization_format="skops",
-        skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        pip_requirements=MODEL_PIP_REQUIREMENTS,
-        pyfunc_predict_fn="predict_proba",
-        metadata=metadata,
-        registered_model_name=registered_model_name,
-    )
+    with tempfile.TemporaryDirectory(prefix="fraud-compile-") as scratch:
+        extra_files, compiled = _compiled_extras(
+            estimator, threshold, feature_names, check_rows, Path(scratch), report
+        )
+        return mlflow.sklearn.log_model(
+            estimator,
+            name=name,
+            serialization_format="skops",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pip_requirements=MODEL_PIP_REQUIREMENTS,
+            pyfunc_predict_fn="predict_proba",
+            metadata=metadata | compiled,
+            extra_files=extra_files or None,
+            registered_model_name=registered_model_name,
+        )
 
 
 def load_fraud_model(uri: str | Path) -> FraudModel:
-    """Load from a local directory, ``runs:/...``, ``models:/name@alias`` or ``models:/name/version``."""
+    """Load from a local directory, ``runs:/...``, ``models:/name@alias`` or ``models:/name/version``.
+
+    A remote model is downloaded into a temporary directory that is removed once it is in memory.
+    """
+    uri = str(uri)
+    if Path(uri).exists():
+        return _load_local(Path(uri), uri)
+    with tempfile.TemporaryDirectory(prefix="fraud-model-") as scratch:
+        try:
+            local = _download(uri, scratch)
+        except Exception as exc:  # mlflow raises many types for a missing or broken artifact
+            raise ModelArtifactError(f"model {uri!r}: cannot be loaded ({exc})") from exc
+        return _load_local(Path(local), uri)
+
+
+def _load_local(local: Path, uri: str) -> FraudModel:
     import mlflow.sklearn
     from mlflow.models import Model
 
-    uri = str(uri)
     try:
-        local = Path(uri) if Path(uri).exists() else Path(_download(uri))
         mlmodel = Model.load(str(local))
         estimator = mlflow.sklearn.load_model(str(local))
-    except ModelArtifactError:
-        raise
     except Exception as exc:  # mlflow raises many types; name the URI in one clear error
         raise ModelArtifactError(f"model {uri!r}: cannot be loaded ({exc})") from exc
     meta = mlmodel.metadata or {}
     missing = [k for k in ("fraud_threshold", "fraud_model_version", "fraud_feature_names") if k not in meta]
     if missing:
         raise ModelArtifactError(f"model {uri!r}: not a fraud model, metadata lacks {', '.join(missing)}")
+    compiled_info = meta.get("fraud_compiled")
+    compiled_onnx = None
+    if isinstance(compiled_info, dict) and isinstance(compiled_info.get("file"), str):
+        onnx_path = local / compiled_info["file"]
+        if onnx_path.resolve().is_relative_to(local.resolve()) and onnx_path.is_file():
+            compiled_onnx = onnx_path.read_bytes()
     return FraudModel(
         estimator=estimator,
         threshold=float(meta["fraud_threshold"]),
         model_version=str(meta["fraud_model_version"]),
         feature_names=tuple(meta["fraud_feature_names"]),
+        compiled_info=compiled_info,
+        compiled_onnx=compiled_onnx,
     )
 
 
-def _download(uri: str) -> str:
+def _download(uri: str, destination: str) -> str:
     from mlflow.artifacts import download_artifacts
 
-    return download_artifacts(artifact_uri=uri)
+    return download_artifacts(artifact_uri=uri, dst_path=destination)

@@ -19,6 +19,17 @@ DAY_SECONDS = 86_400.0
 OUTPUT_FEATURES = (*PCA_COLUMNS, "log_amount", "hour_of_day", "hour_sin", "hour_cos")
 
 
+def engineer(values: np.ndarray) -> np.ndarray:
+    """The engineered matrix for a float64 array whose columns are in ``FEATURE_COLUMNS`` order.
+
+    Plain numpy, so serving's compiled path (model/compiled.py) calls it without scikit-learn's wrappers.
+    """
+    time, pca, amount = values[:, 0], values[:, 1:-1], values[:, -1]
+    hour = np.mod(time, DAY_SECONDS) / 3600.0
+    angle = hour * (2.0 * np.pi / 24.0)
+    return np.column_stack([pca, np.log1p(np.clip(amount, 0.0, None)), hour, np.sin(angle), np.cos(angle)])
+
+
 class TransactionFeatures(TransformerMixin, BaseEstimator):
     """Stateless: ``fit`` checks the input width; ``transform`` returns the engineered numeric matrix.
 
@@ -32,11 +43,7 @@ class TransactionFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        values = self._columns(X)
-        time, pca, amount = values[:, 0], values[:, 1:-1], values[:, -1]
-        hour = np.mod(time, DAY_SECONDS) / 3600.0
-        angle = hour * (2.0 * np.pi / 24.0)
-        return np.column_stack([pca, np.log1p(np.clip(amount, 0.0, None)), hour, np.sin(angle), np.cos(angle)])
+        return engineer(self._columns(X))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(OUTPUT_FEATURES, dtype=object)

@@ -78,7 +78,11 @@ def tracking_uri(home: str | Path | None = None) -> str:
 
 
 def connect(home: str | Path | None = None) -> tuple[MlflowClient, str]:
-    """Point MLflow at the store, make sure the experiment exists; return (client, experiment id)."""
+    """Point MLflow at the store, make sure the experiment exists; return (client, experiment id).
+
+    An unusable store (a corrupt ``mlflow.db``, a tracking server that does not answer) raises
+    RegistryError with one line naming the store and what to do.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -88,19 +92,34 @@ def connect(home: str | Path | None = None) -> tuple[MlflowClient, str]:
     local_artifacts = not uri.startswith(("http://", "https://", "databricks"))
     if local_artifacts:
         fraud_home(home).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        # The client opens (and for sqlite, migrates) the store when it is created: inside the try.
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
             location = (fraud_home(home) / "mlartifacts").as_uri() if local_artifacts else None
             experiment_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
-    except Exception as exc:  # mlflow raises its own and transport errors; name the store once
-        raise RegistryError(f"MLflow tracking store {uri}: unusable ({exc})") from exc
+    except Exception as exc:  # mlflow, sqlalchemy and transport errors; name the store once
+        raise RegistryError(_store_problem(uri, exc)) from exc
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return client, experiment_id
+
+
+def _store_problem(uri: str, exc: BaseException) -> str:
+    """One line: which store, what is wrong with it, what to do."""
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    reason = reason.removeprefix("(sqlite3.DatabaseError) ")
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        return (
+            f"MLflow tracking store {path} cannot be used ({reason}); move it aside or delete it to start a "
+            "fresh registry (models registered in it are then retrained), or set MLFLOW_TRACKING_URI to "
+            "a working store"
+        )
+    return f"MLflow tracking store {uri} cannot be used ({reason}); check MLFLOW_TRACKING_URI and that the store is up"
 
 
 def aliases(client: MlflowClient) -> dict[str, str]:
@@ -148,7 +167,7 @@ def find_registered(
             report(f"registry: {uri} is {candidate.status}, not reusable")
             continue
         try:
-            loaded = _load_registered(uri)
+            loaded = load_fraud_model(uri)
         except ModelArtifactError as exc:
             report(f"registry: {uri} matches but cannot be loaded, not reusable ({exc})")
             continue
@@ -166,18 +185,6 @@ def find_registered(
             model=loaded,
         )
     return None
-
-
-def _load_registered(uri: str) -> FraudModel:
-    """Download into a directory that is removed once the model is in memory (no temp dirs left over)."""
-    from mlflow.artifacts import download_artifacts
-
-    with tempfile.TemporaryDirectory(prefix="fraud-model-") as scratch:
-        try:
-            local = download_artifacts(artifact_uri=uri, dst_path=scratch)
-        except Exception as exc:  # mlflow raises many types for a missing or broken artifact
-            raise ModelArtifactError(f"model {uri!r}: cannot be downloaded ({exc})") from exc
-        return load_fraud_model(local)
 
 
 def register_trained(
@@ -214,6 +221,8 @@ def register_trained(
             model_version=label,
             feature_names=list(trained.feature_names),
             registered_model_name=REGISTERED_MODEL_NAME,
+            check_rows=trained.validation_features,
+            report=report,
         )
     version = str(info.registered_model_version)
     # Tags go on last: a version interrupted before this point is never mistaken for a reusable one.

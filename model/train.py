@@ -95,6 +95,8 @@ class TrainedModel:
     validation: dict[str, float]
     train_seconds: float
     validation_scores: tuple[Any, Any] = field(repr=False, compare=False, default=((), ()))  # (labels, scores)
+    # The validation slice's feature rows: what the compiled ensemble is checked on at registration.
+    validation_features: Any = field(repr=False, compare=False, default=None)
 
     def fraud_probability(self, frame: Any) -> np.ndarray:
         return self.estimator.predict_proba(frame[list(self.feature_names)])[:, 1]
@@ -232,4 +234,5 @@ def train_model(
         validation=validation_metrics,
         train_seconds=seconds,
         validation_scores=(labels, scores),
+        validation_features=validation[features],
     )

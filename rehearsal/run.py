@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import StackConfig
-from rehearsal.engine import FaultPlan, RolloutEngine, StepRecord
+from ops.decision_service import ReplayParameters
+from ops.replay import holdout_from_rows
+from rehearsal.engine import FaultPlan, RolloutEngine, StepRecord, plan_rehearsal
 from rehearsal.report import record, write_report
 from rehearsal.rig import LocalRig, RigModels
-from rehearsal.traffic import LabelledTraffic
+from rehearsal.traffic import ProductionTraffic
 from rollout import analysis
 
 
@@ -45,13 +47,21 @@ def _progress(step: StepRecord, total: int) -> None:
     checks = " | ".join(c.describe() for c in step.checks)
     fault = " [fault active]" if step.fault_active else ""
     where = f"step {step.index} ({step.phase}, weight {step.weight}%){fault}"
-    _log(f"{where}: {checks} -> failed checks {step.failed_checks}")
+    # A pass says little more than "pass"; anything else says why.
+    verdict = step.verdict or "no verdict"
+    if step.reason and step.verdict != "pass":
+        verdict += f": {step.reason}"
+    _log(f"{where}: {verdict}{' | ' + checks if checks else ''} -> {step.action}, failed checks {step.failed_checks}")
 
 
 def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
     from rehearsal.models import prepare_models
 
     started = time.time()
+    # The plan first: a configuration that cannot decide at this interval is refused before anything starts.
+    interval = options.interval_seconds or min(float(config.analysis.interval_seconds), 10.0)
+    planned = plan_rehearsal(config.analysis, interval)
+    _log(planned.note)
     prepared = prepare_models(
         config,
         data_source=options.data_source,
@@ -65,14 +75,7 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
             f"the offline gate rejected {config.model.candidate_version}, so it would never be rolled out; "
             "fix the model or rehearse anyway with --ignore-gate"
         )
-    interval = options.interval_seconds or min(float(config.analysis.interval_seconds), 10.0)
-    traffic = LabelledTraffic(
-        prepared.feature_names,
-        prepared.holdout_rows,
-        prepared.holdout_labels,
-        model_name=config.model.name,
-        fraud_share=options.fraud_share,
-    )
+    traffic = ProductionTraffic(prepared.feature_names, prepared.holdout_rows, model_name=config.model.name)
     rig = LocalRig(
         models=RigModels(
             stable_uri=prepared.stable_uri,
@@ -83,6 +86,7 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
         ),
         settings=config.analysis,
         traffic=traffic,
+        strategy=config.strategy,
         fault_mode=options.fault,
         scrape_interval=options.scrape_interval,
         log=_log,
@@ -100,7 +104,17 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
             f"{config.strategy} rollout of {config.model.candidate_version}: interval {interval:g}s, "
             f"threshold {config.analysis.threshold}, steps {list(config.analysis.step_weights)}"
         )
-        engine = RolloutEngine(config.analysis, rig, interval_seconds=interval, fault=fault, progress=_progress)
+        holdout = holdout_from_rows(
+            prepared.feature_names, prepared.holdout_rows, prepared.holdout_labels, fraud_share=options.fraud_share
+        )
+        replay = ReplayParameters(
+            model=config.model.name, transactions=planned.pairs_per_interval, timeout_seconds=0.75 * interval
+        )
+        decisions = rig.decisions(holdout, replay, interval_seconds=interval)
+        engine = RolloutEngine(
+            config.analysis, rig, decisions, interval_seconds=interval, looks=config.analysis.horizon, fault=fault,
+            progress=_progress, revision=f"{config.model.candidate_version}-rehearsal",
+        )  # fmt: skip
         outcome = engine.run(config.strategy)
     finally:
         rig.stop()
@@ -115,10 +129,15 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
         "total_seconds": round(time.time() - started, 2),
         "models_reused": prepared.reused,
         "process_ids": rig.started_pids,  # all stopped by now; kept to prove it
+        "decision_reason": outcome.reason,
+        "primary_healthy": outcome.primary_healthy,
+        "bad_answers_after_switch": outcome.bad_answers_after_switch,
+        "plan": planned.plan.to_json(),
+        "decisions": outcome.decision_log(),
     }
     data = record(outcome, traffic.tally, extra)
     out = options.report_dir or prepared.reports_dir / "rehearsal"
-    thresholds = {check.name: check.threshold for check in analysis.rollout_checks(config.analysis)}
+    thresholds = {check.name: check.threshold for check in analysis.analysis_checks(config.analysis)}
     written = write_report(outcome, data, thresholds, Path(out))
     data["report"] = [str(p) for p in written]
     _log(f"report: {written[0]}")

@@ -45,7 +45,6 @@ class AnalysisSettings(StrictSettings):
     replay_rate: float = Field(
         20.0, gt=0.0, le=100000.0, description="labelled transactions per second the replay sends to both models"
     )
-    confidence: float = Field(0.95, ge=0.5, le=0.999)
     manual_promotion: StrictBool = False
     auto_promotion: StrictBool = True
     scale_down_delay_seconds: int = Field(30, ge=0, le=86400)

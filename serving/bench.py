@@ -1,12 +1,16 @@
 """``fraudctl bench serving``: measure the fraud server for real and print JSON.
 
 Starts the real server (``python -m serving.server``, production settings) on loopback and measures:
-single-row latency over sequential requests (p50/p99), throughput with 4 and 16 concurrent clients, the
-same model's in-process predict (the floor), and the same model served in the same run by MLServer's stock
-MLflow runtime (``mlserver_mlflow.MLflowRuntime`` under ``mlserver start``), the usual way MLflow models
-are served. The servers run one at a time so they never share the 2 cores. The load generator is a raw
-asyncio HTTP/1.1 client on keep-alive connections with pre-encoded requests, so client cost stays small;
-it still shares the machine with the server, which the JSON reports as ``client``.
+single-row latency over sequential requests (p50/p99), throughput and p99 with 4 and 16 concurrent
+clients, the same model's in-process predict (the floor), the scoring backends side by side
+(``compiled_backends``: scikit-learn, the compiled ONNX Runtime graph serving uses, treelite's GTIL and
+skl2onnx's float32 conversion, each with its largest difference from scikit-learn), and the same model
+served in the same run by MLServer's stock MLflow runtime (``mlserver_mlflow.MLflowRuntime`` under
+``mlserver start``), the usual way MLflow models are served. The servers run one at a time so they never
+share the 2 cores. The load generator is a raw asyncio HTTP/1.1 client on keep-alive connections with
+pre-encoded requests, so client cost stays small; it still shares the machine with the server, which the
+JSON reports as ``client``. ``load_average`` (before and after) tells whether other work shared the
+machine: figures taken under load are worse than the server's own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import numpy as np
 
 REGISTERED_MODEL = "fraud-detector"
 DEFAULT_ALIAS = "champion"
+# Issue 12's targets, on the 2-core machine.
+TARGETS = {"p99_ms_at_most": 3.0, "rps_c4_at_least": 1000.0, "p99_ms_c16_at_most": 20.0}
 
 
 def _progress(message: str) -> None:
@@ -266,7 +272,7 @@ def run_bench(
         uvloop.install()
     except ImportError:  # the standard loop only costs the client a little more
         pass
-    result: dict[str, Any] = {"cores": os.cpu_count()}
+    result: dict[str, Any] = {"cores": os.cpu_count(), "load_average_before": _load_average()}
     with tempfile.TemporaryDirectory(prefix="fraud-bench-") as temp:
         work = Path(temp)
         chosen = resolve_model(model_uri, work)
@@ -288,11 +294,15 @@ def run_bench(
             import pandas as pd
 
             frame = pd.DataFrame(one_row, columns=features)
-            via_frame = _inprocess(lambda: model.fraud_probability(frame), 3000)
+            via_frame = _inprocess(lambda: model.fraud_probability(frame), 300)
+            _progress("scoring backends side by side")
+            result["compiled_backends"] = compare_backends(model, rows)
         result["inproc_p50_ms"] = fast["p50_ms"]
         result["inproc_p99_ms"] = fast["p99_ms"]
         result["inproc_dataframe_p50_ms"] = via_frame["p50_ms"]
-        result["inproc_scoring_path"] = "numpy array" if scorer.array_path else "DataFrame"
+        result["inproc_scoring_path"] = scorer.path
+        if scorer.fallback_reason:
+            result["inproc_fallback_reason"] = scorer.fallback_reason
 
         bodies = [fraud_request_body(row, features) for row in rows]
         path = "/v2/models/fraud-detector/infer"
@@ -337,6 +347,139 @@ def run_bench(
             result["mlflow_runtime_rps_c4"] = peer_c4["rps"]
             result["mlflow_runtime_errors"] = peer_seq["errors"] + peer_c4["errors"]
     result["client"] = "raw asyncio HTTP/1.1 keep-alive (uvloop), same machine as the server"
-    result["targets"] = {"p99_ms_below": 10.0, "rps_c4_at_least": 300.0}
-    result["meets_targets"] = bool(result["p99_ms"] < 10.0 and result["rps_c4"] >= 300.0)
+    result["load_average_after"] = _load_average()
+    result["targets"] = TARGETS
+    result["meets_targets"] = bool(
+        result["p99_ms"] <= TARGETS["p99_ms_at_most"]
+        and result["rps_c4"] >= TARGETS["rps_c4_at_least"]
+        and result["p99_ms_c16"] <= TARGETS["p99_ms_c16_at_most"]
+    )
     return result
+
+
+def _load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: more than ~0.5 means other work shared the 2 cores."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def compare_backends(model: Any, rows: np.ndarray) -> dict[str, Any]:
+    """Each scoring backend on the same rows: single-row and 64-row latency, and its largest difference
+    from scikit-learn (with the decisions that differ at the model's threshold). Backends whose package is
+    not installed are listed with the reason."""
+    from model.compiled import CompiledScorer, CompileError, build_onnx, ensemble_parts, reference_probabilities
+
+    reference = reference_probabilities(model.estimator, rows)
+    try:
+        parts = ensemble_parts(model.estimator)
+    except CompileError as exc:
+        return {"not_compiled": str(exc)}
+    candidates: dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = {
+        "scikit-learn": lambda: lambda matrix: reference_probabilities(model.estimator, matrix),
+        "onnxruntime (float64 TreeEnsemble, serving)": lambda: CompiledScorer(parts, build_onnx(parts)).probabilities,
+        "treelite gtil (float64)": lambda: _treelite_scorer(parts),
+        "skl2onnx float32 TreeEnsembleClassifier": lambda: _skl2onnx_scorer(parts),
+    }
+    figures: dict[str, Any] = {}
+    for name, make in candidates.items():
+        try:
+            score = make()
+        except ImportError as exc:
+            figures[name] = {"skipped": f"not installed ({exc.name})"}
+            continue
+        scores = score(rows)
+        single = _inprocess(lambda score=score: score(rows[:1]), 300 if name == "scikit-learn" else 2000)
+        batch = _inprocess(lambda score=score: score(rows[:64]), 50 if name == "scikit-learn" else 300)
+        figures[name] = {
+            "row_p50_ms": single["p50_ms"],
+            "row_p99_ms": single["p99_ms"],
+            "rows64_p50_ms": batch["p50_ms"],
+            "max_abs_diff": float(np.max(np.abs(scores - reference))),
+            "decisions_differ": int(np.sum((scores >= model.threshold) != (reference >= model.threshold))),
+            "rows_compared": len(rows),
+        }
+    return figures
+
+
+def _corrected_mean(parts: Any, sampled: np.ndarray) -> np.ndarray:
+    rates = np.asarray(parts.legit_rates, dtype=np.float64)
+    return (rates * sampled / (rates * sampled - sampled + 1.0)).mean(axis=1)
+
+
+def _treelite_scorer(parts: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The same ensemble as one treelite model (one target per member), scored by its GTIL interpreter."""
+    import treelite
+    from treelite.model_builder import Metadata, ModelBuilder, PostProcessorFunc, TreeAnnotation
+
+    trees = [(target, predictor) for target, member in enumerate(parts.members) for (predictor,) in member._predictors]
+    builder = ModelBuilder(
+        threshold_type="float64",
+        leaf_output_type="float64",
+        metadata=Metadata(
+            num_feature=int(parts.members[0].n_features_in_),
+            task_type="kBinaryClf",
+            average_tree_output=False,
+            num_target=len(parts.members),
+            num_class=[1] * len(parts.members),
+            leaf_vector_shape=(1, 1),
+        ),
+        tree_annotation=TreeAnnotation(
+            num_tree=len(trees), target_id=[target for target, _ in trees], class_id=[0] * len(trees)
+        ),
+        postprocessor=PostProcessorFunc("sigmoid"),
+        base_scores=[float(value) for value in parts.baselines],
+    )
+    for _, predictor in trees:
+        builder.start_tree()
+        for key, node in enumerate(predictor.nodes):
+            builder.start_node(key)
+            if node["is_leaf"]:
+                builder.leaf(float(node["value"]))
+            else:
+                builder.numerical_test(
+                    int(node["feature_idx"]),
+                    float(node["num_threshold"]),
+                    default_left=bool(node["missing_go_to_left"]),
+                    opname="<=",
+                    left_child_key=int(node["left"]),
+                    right_child_key=int(node["right"]),
+                )
+            builder.end_node()
+        builder.end_tree()
+    compiled = builder.commit()
+    members = len(parts.members)
+
+    def score(matrix: np.ndarray) -> np.ndarray:
+        sampled = treelite.gtil.predict(compiled, parts.features(matrix), nthread=1).reshape(len(matrix), members)
+        return _corrected_mean(parts, sampled)
+
+    return score
+
+
+def _skl2onnx_scorer(parts: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """skl2onnx's own conversion of each member (float32 TreeEnsembleClassifier), one session per member."""
+    from skl2onnx import to_onnx
+
+    from model.compiled import import_onnxruntime
+
+    onnxruntime = import_onnxruntime()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    example = np.zeros((1, int(parts.members[0].n_features_in_)), dtype=np.float32)
+    sessions = [
+        onnxruntime.InferenceSession(
+            to_onnx(member, example, options={"zipmap": False}).SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        for member in parts.members
+    ]
+
+    def score(matrix: np.ndarray) -> np.ndarray:
+        values = parts.features(matrix).astype(np.float32)
+        sampled = np.column_stack(
+            [session.run(["probabilities"], {"X": values})[0][:, 1].astype(np.float64) for session in sessions]
+        )
+        return _corrected_mean(parts, sampled)
+
+    return score

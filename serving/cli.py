@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -101,10 +102,59 @@ def _serve(args: argparse.Namespace) -> int:
             "on this process (set it to the same secret on every replica)",
             file=sys.stderr,
         )
-    with tempfile.TemporaryDirectory(prefix="fraud-serve-") as temp:
-        folder = write_mlserver_config(Path(temp) / "config", config)
-        process = subprocess.Popen([sys.executable, "-m", "serving.server", str(folder)], env=env)
-        return _supervise(process, config)
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in _STOP_SIGNALS}
+    try:
+        with tempfile.TemporaryDirectory(prefix="fraud-serve-") as temp:
+            folder = write_mlserver_config(Path(temp) / "config", config)
+            process = None
+            try:
+                # Its own process group, so stopping it reaches anything it starts; signals reach it via us.
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "serving.server", str(folder)], env=env, start_new_session=True
+                )
+                return _supervise(process, config)
+            except (KeyboardInterrupt, _Stopped) as stop:
+                if process is not None:
+                    _stop_server(process)
+                return 130 if isinstance(stop, KeyboardInterrupt) else 128 + stop.signum
+            except BaseException:
+                if process is not None:
+                    _stop_server(process)
+                raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# SIGINT arrives as KeyboardInterrupt; these are turned into _Stopped. All of them stop the server and
+# remove its temporary folder before fraudctl exits (128 + the signal number, as a shell reports it).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _stop_server(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) -> None:
+    """SIGTERM to the server's process group (MLServer stops gracefully), SIGKILL if it outlives the grace."""
+    for sig in (signal.SIGINT, *_STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C or SIGTERM must not cut the cleanup short
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        print(f"fraudctl serve: the server did not stop within {grace_seconds:.0f} s; killing it", file=sys.stderr)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _supervise(process: subprocess.Popen[bytes], config: Any) -> int:
@@ -113,29 +163,20 @@ def _supervise(process: subprocess.Popen[bytes], config: Any) -> int:
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     ready_url = f"http://{host}:{config.http_port}/v2/models/{config.model_name}/ready"
     ready = False
-    try:
-        while process.poll() is None:
-            if not ready:
-                try:
-                    ready = httpx.get(ready_url, timeout=1.0).status_code == 200
-                except httpx.TransportError:
-                    ready = False
-                if ready:
-                    print(
-                        f"fraudctl serve: ready: http://{host}:{config.http_port}"
-                        f"/v2/models/{config.model_name}/infer, POST /feedback, metrics "
-                        f"http://{host}:{config.metrics_port}/metrics",
-                        file=sys.stderr,
-                    )
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        return 130
+    while process.poll() is None:
+        if not ready:
+            try:
+                ready = httpx.get(ready_url, timeout=1.0).status_code == 200
+            except httpx.TransportError:
+                ready = False
+            if ready:
+                print(
+                    f"fraudctl serve: ready: http://{host}:{config.http_port}"
+                    f"/v2/models/{config.model_name}/infer, POST /feedback, gRPC {host}:{config.grpc_port}, "
+                    f"metrics http://{host}:{config.metrics_port}/metrics",
+                    file=sys.stderr,
+                )
+        time.sleep(0.5)
     if not ready:
         print("fraudctl serve: the server exited before the model was ready (see its log above)", file=sys.stderr)
         return 1

@@ -242,6 +242,11 @@ def parse_feedback_body(body: bytes) -> list[FeedbackItem]:
     """``{"prediction_id": str, "label": 0|1}`` or a non-empty list of those; raise FeedbackRejected."""
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise FeedbackRejected(
+            [Rejection(0, "malformed", "body is nested too deeply to be feedback")],
+            'malformed JSON body: nested too deeply; send {"prediction_id": "...", "label": 0|1} or a list of those',
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise FeedbackRejected(
             [Rejection(0, "malformed", f"body is not valid JSON ({exc})")],

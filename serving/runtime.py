@@ -32,6 +32,7 @@ from mlserver.types import (
     Datatype,
     InferenceRequest,
     InferenceResponse,
+    MetadataModelResponse,
     MetadataTensor,
     RequestInput,
     ResponseOutput,
@@ -73,32 +74,52 @@ class RuntimeConfigError(MLServerError):
 class FraudScorer:
     """P(fraud) for a float64 matrix whose columns follow the model's feature order.
 
-    sklearn pipelines fitted on DataFrames accept the same values as a plain array at a third of the cost
-    (0.35 ms vs 0.93 ms per row here). That shortcut is taken only when it gives identical scores on a
-    probe batch; otherwise rows go through a DataFrame exactly as in FraudModel.fraud_probability.
+    The compiled ensemble (model/compiled.py, shipped in the artifact) is used when it loads and agrees
+    with scikit-learn on a probe batch; otherwise scikit-learn scores, and ``fallback_reason`` (logged)
+    says why. On the scikit-learn path, pipelines fitted on DataFrames accept the same values as a plain
+    array at a third of the cost; that shortcut is taken only when it gives identical scores on the
+    probe batch, otherwise rows go through a DataFrame exactly as in FraudModel.fraud_probability.
     """
 
-    def __init__(self, model: Any, corrupt: bool = False) -> None:
+    def __init__(self, model: Any, corrupt: bool = False, *, compiled: bool = True) -> None:
+        from model.compiled import CompileError, load_compiled, probe_rows
+
         self.model = model
         self.corrupt = corrupt
         self.columns = list(model.feature_names)
-        probe = np.random.default_rng(20230101).normal(0.0, 3.0, size=(64, len(self.columns)))
-        probe[:, 0] = np.abs(probe[:, 0]) * 50_000  # Time-like and Amount-like magnitudes
-        probe[:, -1] = np.abs(probe[:, -1]) * 100
-        reference = np.asarray(self._frame_scores(probe), dtype=np.float64)
+        self.fallback_reason: str | None = None
+        self._compiled = None
+        if compiled:
+            try:
+                self._compiled = load_compiled(
+                    model.compiled_info, model.compiled_onnx, model.estimator, self.columns, model.threshold
+                )
+            except CompileError as exc:
+                self.fallback_reason = str(exc)
+        else:
+            self.fallback_reason = "compiled scoring switched off"
         self.array_path = False
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_SKLEARN_NAMES_WARNING)
-                direct = np.asarray(model.estimator.predict_proba(probe)[:, 1], dtype=np.float64)
-            self.array_path = direct.shape == reference.shape and bool(
-                np.allclose(direct, reference, rtol=0.0, atol=1e-12)
-            )
-        except Exception as exc:  # any failure just means the DataFrame path is the safe one
-            logger.info(f"fraud runtime: scoring through DataFrames ({type(exc).__name__}: {exc})")
-        if self.array_path:
-            # Values are passed in the fitted column order (checked above), so the warning is noise.
-            warnings.filterwarnings("ignore", message=_SKLEARN_NAMES_WARNING, category=UserWarning)
+        if self._compiled is None:
+            probe = probe_rows(self.columns, rows=64)
+            reference = np.asarray(self._frame_scores(probe), dtype=np.float64)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=_SKLEARN_NAMES_WARNING)
+                    direct = np.asarray(model.estimator.predict_proba(probe)[:, 1], dtype=np.float64)
+                self.array_path = direct.shape == reference.shape and bool(
+                    np.allclose(direct, reference, rtol=0.0, atol=1e-12)
+                )
+            except Exception as exc:  # any failure just means the DataFrame path is the safe one
+                logger.info(f"fraud runtime: scikit-learn scores through DataFrames ({type(exc).__name__}: {exc})")
+            if self.array_path:
+                # Values are passed in the fitted column order (checked above), so the warning is noise.
+                warnings.filterwarnings("ignore", message=_SKLEARN_NAMES_WARNING, category=UserWarning)
+
+    @property
+    def path(self) -> str:
+        if self._compiled is not None:
+            return f"compiled ensemble ({self._compiled.backend})"
+        return "scikit-learn, numpy arrays" if self.array_path else "scikit-learn, DataFrames"
 
     def _frame_scores(self, matrix: np.ndarray) -> Any:
         import pandas as pd
@@ -106,8 +127,12 @@ class FraudScorer:
         return self.model.fraud_probability(pd.DataFrame(matrix, columns=self.columns))
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        raw = self.model.estimator.predict_proba(matrix)[:, 1] if self.array_path else self._frame_scores(matrix)
-        scores = np.asarray(raw, dtype=np.float64)
+        if self._compiled is not None:
+            scores = self._compiled.probabilities(matrix)
+        elif self.array_path:
+            scores = np.asarray(self.model.estimator.predict_proba(matrix)[:, 1], dtype=np.float64)
+        else:
+            scores = np.asarray(self._frame_scores(matrix), dtype=np.float64)
         return FaultInjector.corrupt(scores) if self.corrupt else scores
 
 
@@ -176,14 +201,24 @@ class FraudRuntime(MLModel):
                     "adaptive batching is configured but MLServer did not install its batcher as expected "
                     "(FraudRuntime is written against mlserver 1.7.1)"
                 )
-        path = "numpy arrays" if self._scorer.array_path else "DataFrames"
+        if self._scorer.fallback_reason:
+            logger.warning(f"fraud runtime: scoring with scikit-learn, not compiled: {self._scorer.fallback_reason}")
         logger.info(
             f"fraud runtime: model {model_uri} version label {self._label!r}, threshold {self._threshold:.4f}, "
-            f"{len(self._features)} features, scoring via {path}, max {self._max_rows} rows/request"
+            f"{len(self._features)} features, scoring via {self._scorer.path}, max {self._max_rows} rows/request"
         )
         if self._faults.active:
             logger.warning(f"fraud runtime: FAULT INJECTION ACTIVE: {self._faults.describe()}")
         return True
+
+    async def metadata(self) -> MetadataModelResponse:
+        """MLServer's model metadata, listing the version this server answers as (``versions`` is empty
+        otherwise, while every response names a ``model_version``)."""
+        answer = await super().metadata()
+        label = getattr(self, "_label", None) or self.version
+        if label and label not in answer.versions:
+            answer.versions = [*answer.versions, label]
+        return answer
 
     def __setattr__(self, name: str, value: Any) -> None:
         # mlserver.batching.load_batching replaces `predict` with a wrapper that queues the request and
@@ -229,7 +264,7 @@ class FraudRuntime(MLModel):
         rows_input = RequestInput.model_construct(
             name=_BATCH_INPUT,
             shape=list(matrix.shape),
-            datatype=Datatype.FP64,
+            datatype=Datatype.FP64.value,
             parameters=None,
             data=TensorData.model_construct(root=matrix.ravel().tolist()),
         )
@@ -250,13 +285,15 @@ class FraudRuntime(MLModel):
         tokens = self._signer.issue(self._label, decisions)
         self._metrics.observe_scores(score_list, int(flags.sum()), len(score_list))
         rows = [len(score_list)]
-        return InferenceResponse(
+        # Built without re-validation: every value above has the declared type already (the response is
+        # serialized by MLServer's REST and gRPC layers exactly as a validated one).
+        return InferenceResponse.model_construct(
             model_name=self.name,
             model_version=self._label,
             outputs=[
-                ResponseOutput(name=OUTPUT_PROBABILITY, shape=rows, datatype="FP64", data=score_list),
-                ResponseOutput(name=OUTPUT_IS_FRAUD, shape=rows, datatype="BOOL", data=decisions),
-                ResponseOutput(name=OUTPUT_PREDICTION_ID, shape=rows, datatype="BYTES", data=tokens),
+                _output(OUTPUT_PROBABILITY, rows, Datatype.FP64, score_list),
+                _output(OUTPUT_IS_FRAUD, rows, Datatype.BOOL, decisions),
+                _output(OUTPUT_PREDICTION_ID, rows, Datatype.BYTES, tokens),
             ],
         )
 
@@ -281,6 +318,13 @@ class FraudRuntime(MLModel):
         for item in counted:
             self._metrics.observe_feedback(item.model_version, item.outcome)
         return JSONResponse({"accepted": len(counted), "results": [item.as_dict() for item in counted]})
+
+
+def _output(name: str, shape: list[int], datatype: Datatype, data: list[Any]) -> ResponseOutput:
+    # MLServer's types keep enum values (use_enum_values): its raw gRPC packing compares with "BYTES".
+    return ResponseOutput.model_construct(
+        name=name, shape=shape, datatype=datatype.value, data=TensorData.model_construct(root=data)
+    )
 
 
 def _is_json_content_type(value: str) -> bool:

@@ -159,6 +159,8 @@ class ServingConfig:
             "metrics_port": self.metrics_port,
             "metrics_endpoint": METRICS_PATH,
             "load_models_at_startup": True,
+            # Answers are a few hundred bytes per row: compressing them costs more CPU than it saves.
+            "gzip_enabled": False,
         }
 
     def model_settings(self) -> dict[str, Any]:

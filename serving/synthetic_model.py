@@ -1,6 +1,7 @@
 """A small fraud model trained on generated transactions: for serving tests and the serving benchmark
-when no trained model is registered locally. Same features and artifact format as the real one
-(Time, V1..V28, Amount; saved with model.artifact.save_fraud_model).
+when no trained model is registered locally. Same pipeline (model.train.build_pipeline: TransactionFeatures
+and the undersampled boosting ensemble, fewer rounds), features and artifact format as the real one
+(Time, V1..V28, Amount; saved with model.artifact.save_fraud_model, so it is compiled too).
 """
 
 from __future__ import annotations
@@ -33,15 +34,12 @@ def synthetic_transactions(rows: int, seed: int = 0, fraud_share: float = 0.02) 
 
 
 def train_synthetic_estimator(rows: int = 6000, *, seed: int = 0, max_iter: int = 60) -> tuple[Any, float]:
-    """(fitted sklearn pipeline, decision threshold with the best F1 on its training data)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """(fitted fraud pipeline, decision threshold with the best F1 on its training data)."""
+    from model.train import TrainParams, build_pipeline
 
     frame, labels = synthetic_transactions(rows, seed)
-    estimator = make_pipeline(
-        StandardScaler(), HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed)
-    ).fit(frame, labels)
+    params = TrainParams(max_iter=max_iter, learning_rate=0.1, min_samples_leaf=20, random_state=seed)
+    estimator = build_pipeline(params).fit(frame, labels)
     return estimator, _best_f1_threshold(estimator.predict_proba(frame)[:, 1], labels)
 
 

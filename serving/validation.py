@@ -9,6 +9,7 @@ one bad request never fails the good ones batched with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from mlserver.errors import MLServerError
@@ -44,7 +45,8 @@ def _rows_of(request_input: RequestInput) -> int:
     )
 
 
-def _column(request_input: RequestInput, rows: int) -> np.ndarray:
+def _values(request_input: RequestInput, rows: int) -> list[Any]:
+    """The input's values as a flat list of ``rows`` plain numbers (JSON numbers, not bools or strings)."""
     name = request_input.name
     data = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
     if not isinstance(data, list):
@@ -57,26 +59,16 @@ def _column(request_input: RequestInput, rows: int) -> np.ndarray:
     if len(data) != rows:
         raise RequestRejected(f"input {name!r}: shape says {rows} values but data has {len(data)}")
     # type() rather than isinstance(): JSON true/false arrive as bool, a subclass of int.
-    bad = next((v for v in data if type(v) is not float and type(v) is not int), _SENTINEL)
-    if bad is not _SENTINEL:
+    if not _NUMBER_TYPES.issuperset(map(type, data)):
+        bad = next(v for v in data if type(v) not in _NUMBER_TYPES)
         raise RequestRejected(
             f"input {name!r}: value {bad!r} ({type(bad).__name__}) is not a number; "
             "only finite JSON numbers are allowed"
         )
-    try:
-        column = np.asarray(data, dtype=np.float64)
-    except OverflowError:
-        raise RequestRejected(f"input {name!r}: an integer is too large to be a float64 value") from None
-    if not np.isfinite(column).all():
-        positions = np.flatnonzero(~np.isfinite(column)).tolist()
-        raise RequestRejected(
-            f"input {name!r}: non-finite value (NaN or infinity) at row(s) {positions[:_MAX_LISTED]}; "
-            "only finite numbers are allowed"
-        )
-    return column
+    return data
 
 
-_SENTINEL = object()
+_NUMBER_TYPES = frozenset({float, int})
 
 
 def features_from_request(
@@ -125,9 +117,19 @@ def features_from_request(
         raise RequestRejected(
             f"batch of {rows} rows exceeds the limit of {max_rows} rows per request; split it", 413
         )
-    matrix = np.empty((rows, len(feature_names)), dtype=np.float64)
-    for position, name in enumerate(feature_names):
-        matrix[:, position] = _column(by_name[name], rows)
+    columns = [_values(by_name[name], rows) for name in feature_names]
+    try:
+        # One conversion for the whole request: the values are plain numbers (checked above).
+        matrix = np.array(columns, dtype=np.float64).T
+    except OverflowError:
+        raise RequestRejected("an integer is too large to be a float64 value") from None
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        row, column = (int(i) for i in np.argwhere(~finite)[0])
+        raise RequestRejected(
+            f"input {feature_names[column]!r}: non-finite value (NaN or infinity) at row {row}; "
+            "only finite numbers are allowed"
+        )
     return matrix
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,44 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # when first loaded, so it is set here, before any test imports sklearn; with two spinning
     # threads per worker the machine is oversubscribed and training runs many times slower.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_stays_in_its_test() -> Iterator[None]:
+    """Undo what a test did to MLflow's process-wide store selection.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` (model.registry.connect calls both) also export
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` into ``os.environ`` "so that subprocess can inherit
+    it". Under ``pytest -n 2`` a model test and a serving test can share a worker: the serving test's server
+    subprocess then inherited the model test's registry and resolved ``models:/fraud-detector/1`` there,
+    whose artifact that model test deletes on purpose ("No such artifact: 'MLmodel'"), while alone it
+    passed. Each test now starts with the environment and MLflow globals the previous one started with.
+    """
+    saved_env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    saved_globals = _mlflow_globals()
+    yield
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
+
+
+def _mlflow_globals() -> tuple[Any, Any]:
+    if "mlflow" not in sys.modules:
+        return None, None
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return tracking_utils._tracking_uri, registry_utils._registry_uri
 
 
 @pytest.fixture
@@ -62,3 +102,20 @@ def _restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(level)
     for handler in [h for h in root.handlers if h not in handlers]:
         root.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def serving_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small fraud model for every serving test of the session (xdist: per worker): the production
+    pipeline on generated data, saved with its compiled ensemble."""
+    from serving_fixtures import train_small_model
+
+    return train_small_model(tmp_path_factory.mktemp("serving-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def serving_reference(serving_model_dir: Path) -> Any:
+    """The same model loaded in process: what served answers are compared with."""
+    from model.artifact import load_fraud_model
+
+    return load_fraud_model(serving_model_dir)

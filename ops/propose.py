@@ -96,11 +96,12 @@ def set_candidate(text: str, model_version: str, model_uri: str, image: str = ""
     return out.getvalue()
 
 
-def validate_stack_text(text: str, stack: str) -> None:
-    """Raise ConfigError when the stack file is invalid, exactly as ``fraudctl check-config`` would say."""
+def validate_stack_text(text: str, stack: str, root: Path) -> None:
+    """Raise ConfigError when the stack file is invalid, exactly as ``fraudctl check-config`` would say in the
+    checkout ``root`` (relative file keys such as registry.caCertFile are read there)."""
     from infra.config import validate_stack_text as validate
 
-    validate(text, stack)
+    validate(text, stack, root)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -268,7 +269,7 @@ def propose(
         before = stack_file.read_text()
         after = set_candidate(before, model_version, model_uri, image)
         try:
-            validate_stack_text(after, stack)
+            validate_stack_text(after, stack, workdir)
         except ConfigError as error:
             raise ProposeError(f"{stack_file.name} with candidate {model_version} would be invalid: {error}") from error
         if after == before:

@@ -206,6 +206,33 @@ def test_a_proposal_that_would_break_the_config_is_never_pushed(
     assert "needs --github-api and --github-repo" in capsys.readouterr().err
 
 
+def test_a_stack_whose_registry_ca_is_committed_is_validated_in_its_checkout(
+    remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """registry.caCertFile is relative to the checkout: the proposal reads it from the clone it edits."""
+    from ops.registry_ca import new_ca
+
+    work = tmp_path / "work"
+    git("clone", "--quiet", str(remote), str(work), cwd=tmp_path)
+    (work / "certs").mkdir()
+    (work / "certs" / "registry-ca.crt").write_bytes(new_ca("team CA")[0])
+    stack = yaml.safe_load((work / "Pulumi.dev.yaml").read_text())
+    stack["config"]["fraud-platform:registry"] = {"caCertFile": "certs/registry-ca.crt"}
+    stack["config"]["fraud-platform:registryCaKey"] = {"secure": "v1:ciphertext"}
+    (work / "Pulumi.dev.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
+    git("add", ".", cwd=work)
+    git("commit", "--quiet", "-m", "team CA", cwd=work)
+    git("push", "--quiet", "origin", "main", cwd=work)
+    assert not (ROOT / "certs").exists()  # not beside the program: only in the repository proposed to
+    code = propose(remote, "--mode", "commit", "--build-metadata", BUILD, monkeypatch=monkeypatch)
+    assert code == 0, capsys.readouterr().err
+    assert yaml.safe_load(show(remote, "main", "Pulumi.dev.yaml"))["config"]["fraud-platform:model"] == {
+        "candidateVersion": "v2",
+        "candidateUri": "models:/fraud-detector/7",
+        "candidateImage": IMAGE,
+    }
+
+
 def test_set_candidate_keeps_layout_and_adds_missing_keys() -> None:
     text = "# header\nconfig:\n  fraud-platform:model:\n    name: fraud-detector  # keep\n    candidateVersion: v1b\n"
     out = set_candidate(text, "v2", "models:/fraud-detector/9")

@@ -198,7 +198,9 @@ def secret_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     return result
 
 
-def check_stack(stack_file: StackFile, stack: str, overrides: Mapping[str, Any] | None = None) -> StackConfig:
+def check_stack(
+    stack_file: StackFile, stack: str, overrides: Mapping[str, Any] | None = None, root: Path = PROJECT_ROOT
+) -> StackConfig:
     """The validated stack of a stack file (over the defaults, then ``overrides``); ConfigError with the
     file's problems and the config's, all at once."""
     if not stack_file.readable:
@@ -207,7 +209,7 @@ def check_stack(stack_file: StackFile, stack: str, overrides: Mapping[str, Any] 
     if overrides:
         raw = deep_merge(raw, secret_overrides(overrides))
     try:
-        config = parse_config(raw, stack=stack)
+        config = parse_config(raw, stack=stack, root=root)
     except ConfigError as error:
         raise ConfigError([*stack_file.problems, *error.found]) from None
     if stack_file.problems:
@@ -215,9 +217,10 @@ def check_stack(stack_file: StackFile, stack: str, overrides: Mapping[str, Any] 
     return config
 
 
-def validate_stack_text(text: str, stack: str) -> StackConfig:
-    """A stack file's text validated exactly as ``fraudctl check-config`` validates the file."""
-    return check_stack(read_stack_text(text), stack)
+def validate_stack_text(text: str, stack: str, root: Path = PROJECT_ROOT) -> StackConfig:
+    """A stack file's text validated exactly as ``fraudctl check-config`` validates the file; relative file
+    keys are read under the checkout ``root``."""
+    return check_stack(read_stack_text(text), stack, root=root)
 
 
 def _kind(value: Any) -> str:
@@ -288,7 +291,7 @@ def resolve_raw(
 
 
 def load_stack(stack: str, *, overrides: Mapping[str, Any] | None = None, root: Path = PROJECT_ROOT) -> StackConfig:
-    return check_stack(read_stack_file(stack_file_path(stack, root)), stack, overrides)
+    return check_stack(read_stack_file(stack_file_path(stack, root)), stack, overrides, root)
 
 
 def load_from_pulumi() -> StackConfig:

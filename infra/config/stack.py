@@ -255,9 +255,9 @@ def _adapter(name: str) -> TypeAdapter[Any]:
     return TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
 
 
-def parse_config(raw: Mapping[str, Any], *, stack: str) -> StackConfig:
+def parse_config(raw: Mapping[str, Any], *, stack: str, root: Path = PROJECT_ROOT) -> StackConfig:
     """Validate raw config (defaults merged, keys without the project prefix) into a StackConfig, or raise
-    ConfigError with every problem."""
+    ConfigError with every problem. ``root``: the project checkout relative file keys are read from."""
     found: list[str] = []
     known = stack_keys()
     for key in raw:
@@ -285,7 +285,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str) -> StackConfig:
         found.extend(metric_problems)
     registry_ca = None
     if "registry" in values and values["registry"].ca_cert_file:
-        registry_ca, ca_problems = read_registry_ca("registry.caCertFile", values["registry"].ca_cert_file)
+        registry_ca, ca_problems = read_registry_ca("registry.caCertFile", values["registry"].ca_cert_file, root)
         found.extend(ca_problems)
     if found:
         raise ConfigError(found)
@@ -296,16 +296,16 @@ def parse_config(raw: Mapping[str, Any], *, stack: str) -> StackConfig:
 MAX_CA_FILE_BYTES = 64 * 1024
 
 
-def read_registry_ca(key: str, file: str) -> tuple[RegistryCa | None, list[str]]:
-    """The registry CA certificate: a PEM file (relative paths under the project) holding one CA certificate
-    that is valid now."""
+def read_registry_ca(key: str, file: str, root: Path = PROJECT_ROOT) -> tuple[RegistryCa | None, list[str]]:
+    """The registry CA certificate: a PEM file (relative paths under the project checkout ``root``) holding
+    one CA certificate that is valid now."""
     import datetime
 
     from cryptography import x509
 
     path = Path(file).expanduser()
     if not path.is_absolute():
-        path = PROJECT_ROOT / path
+        path = root / path
     hint = "`fraudctl cluster ca` writes one (docs/CLUSTER.md)"
     try:
         data = read_bounded(path, MAX_CA_FILE_BYTES)

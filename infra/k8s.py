@@ -73,7 +73,26 @@ def container(
 
 
 def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    """A Secret's key as an environment variable: for charts' conventions only; our workloads read secrets
+    from files (:func:`secret_files`), which child processes, crash reports and ``/proc/<pid>/environ`` never
+    see and which a rotated Secret updates in place."""
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+# Secret files: readable by the owner and the pod's fsGroup (our containers run in it), nobody else.
+SECRET_FILE_MODE = 0o440
+
+
+def secret_files(
+    volume: str, secret: str, mount_path: str, keys: Sequence[str] | None = None, *, optional: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Secret mounted read-only as files under ``mount_path`` (only ``keys`` when given): (volume, mount)."""
+    source: dict[str, Any] = {"secretName": secret, "defaultMode": SECRET_FILE_MODE}
+    if keys is not None:
+        source["items"] = [{"key": key, "path": key} for key in keys]
+    if optional:
+        source["optional"] = True
+    return {"name": volume, "secret": source}, {"name": volume, "mountPath": mount_path, "readOnly": True}
 
 
 def service(
@@ -101,7 +120,8 @@ def deployment(
     replicas: int = 1,
     pod_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Deployment selecting its pods by ``app.kubernetes.io/name``; the pod spec gets restricted defaults."""
+    """A Deployment selecting its pods by ``app.kubernetes.io/name``; the pod spec gets restricted defaults
+    (and no service-account token unless ``pod_spec`` asks for one)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -111,7 +131,8 @@ def deployment(
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
             "template": {
                 "metadata": {"labels": dict(pod_labels or obj_labels)},
-                "spec": {"securityContext": pod_security_context(), **pod_spec},
+                # No service-account token unless the pod says it talks to the API server.
+                "spec": {"securityContext": pod_security_context(), "automountServiceAccountToken": False, **pod_spec},
             },
         },
     }

@@ -1,9 +1,17 @@
 """MLflow tracking server backed by PostgreSQL, artifacts in S3-compatible storage (in-cluster MinIO
 by default, or an existing bucket). Objects are built by plain functions; ``MlflowTracking`` declares them.
+
+Every credential reaches its process as a file (a Secret mounted read-only), never as an environment
+variable of the pod: PostgreSQL reads ``POSTGRES_PASSWORD_FILE`` (the postgres image's docker-entrypoint.sh
+``file_env``), MinIO ``MINIO_CONFIG_ENV_FILE`` (its image's entrypoint and ``minio server`` both read that
+file of ``MINIO_*`` settings), ``mc`` its config.json, boto3 (the MLflow server's artifact proxy) the shared
+credentials file ``AWS_SHARED_CREDENTIALS_FILE`` names, and the MLflow server its backend store URI, read
+from its file by the start command so the password is on no command line.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi
@@ -17,11 +25,51 @@ POSTGRES = "mlflow-postgres"
 MINIO = "mlflow-minio"
 TRACKING = "mlflow"
 POSTGRES_SECRET = "mlflow-postgres"
+POSTGRES_PASSWORD_KEY = "password"
+BACKEND_URI_KEY = "backend-store-uri"
 S3_SECRET = "mlflow-s3"
+MINIO_ENV_KEY = "config.env"
+CREDENTIALS_KEY = "credentials"
+MC_CONFIG_KEY = "config.json"
+SECRETS_DIR = "/etc/mlflow-secrets"
 TRACKING_PORT = 5000
 TRACKING_URL = f"http://{TRACKING}.{NS}.svc.cluster.local:{TRACKING_PORT}"
 MINIO_ENDPOINT = f"http://{MINIO}.{NS}.svc.cluster.local:9000"
 MC_IMAGE = "quay.io/minio/mc:RELEASE.2024-11-21T17-21-54Z"
+# The in-cluster MinIO's alias in mc's config (mc_config).
+MC_ALIAS = "store"
+
+
+def backend_store_uri(password: str) -> str:
+    return f"postgresql://mlflow:{password}@{POSTGRES}:5432/mlflow"
+
+
+def minio_env(access_key: str, secret_key: str) -> str:
+    """MinIO's settings file (MINIO_CONFIG_ENV_FILE): KEY=value lines."""
+    return f"MINIO_ROOT_USER={access_key}\nMINIO_ROOT_PASSWORD={secret_key}\n"
+
+
+def aws_credentials(access_key: str, secret_key: str) -> str:
+    """boto3's shared credentials file (the default profile)."""
+    return f"[default]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n"
+
+
+def mc_config(access_key: str, secret_key: str) -> str:
+    """mc's config.json with one alias for the in-cluster MinIO."""
+    alias = {"url": MINIO_ENDPOINT, "accessKey": access_key, "secretKey": secret_key, "api": "s3v4", "path": "auto"}
+    return json.dumps({"version": "10", "aliases": {MC_ALIAS: alias}})
+
+
+def s3_secret_data(access_key: Any, secret_key: Any) -> dict[str, Any]:
+    """The MinIO credentials in each form a reader wants, all Pulumi secrets."""
+    import pulumi
+
+    pair = pulumi.Output.all(access_key, secret_key)
+    return {
+        MINIO_ENV_KEY: pulumi.Output.secret(pair.apply(lambda keys: minio_env(*keys))),
+        CREDENTIALS_KEY: pulumi.Output.secret(pair.apply(lambda keys: aws_credentials(*keys))),
+        MC_CONFIG_KEY: pulumi.Output.secret(pair.apply(lambda keys: mc_config(*keys))),
+    }
 
 
 def _volume_claim(size: str) -> dict[str, Any]:
@@ -51,8 +99,10 @@ def _stateful_set(name: str, replicas: int, pod: dict[str, Any], size: str) -> d
 def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
     tmp_volume, tmp_mount = k8s.tmp_volume()
     run_volume = {"name": "run", "emptyDir": {}}
+    secret_volume, secret_mount = k8s.secret_files("db", POSTGRES_SECRET, SECRETS_DIR, [POSTGRES_PASSWORD_KEY])
     pod = {
-        "securityContext": k8s.pod_security_context(fs_group=999),
+        "securityContext": k8s.pod_security_context(),
+        "automountServiceAccountToken": False,
         "containers": [
             k8s.container(
                 "postgres",
@@ -60,7 +110,7 @@ def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
                 env=[
                     {"name": "POSTGRES_USER", "value": "mlflow"},
                     {"name": "POSTGRES_DB", "value": "mlflow"},
-                    k8s.secret_env("POSTGRES_PASSWORD", POSTGRES_SECRET, "password"),
+                    {"name": "POSTGRES_PASSWORD_FILE", "value": f"{SECRETS_DIR}/{POSTGRES_PASSWORD_KEY}"},
                     {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
                 ],
                 ports=[{"name": "postgres", "containerPort": 5432}],
@@ -74,11 +124,13 @@ def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
                     {"name": "data", "mountPath": "/var/lib/postgresql/data"},
                     {"name": "run", "mountPath": "/var/run/postgresql"},
                     tmp_mount,
+                    secret_mount,
                 ],
-                run_as_user=999,
+                # Not the image's postgres (999): its entrypoint fakes the passwd entry initdb wants for any
+                # uid (nss_wrapper), and fsGroup gives the data volume to it.
             )
         ],
-        "volumes": [tmp_volume, run_volume],
+        "volumes": [tmp_volume, run_volume, secret_volume],
     }
     svc = k8s.service(
         POSTGRES,
@@ -92,17 +144,16 @@ def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
 
 def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
     tmp_volume, tmp_mount = k8s.tmp_volume()
+    secret_volume, secret_mount = k8s.secret_files("s3", S3_SECRET, SECRETS_DIR, [MINIO_ENV_KEY])
     pod = {
         "securityContext": k8s.pod_security_context(),
+        "automountServiceAccountToken": False,
         "containers": [
             k8s.container(
                 "minio",
                 settings.minio_image,
                 args=["server", "/data", "--console-address", ":9001"],
-                env=[
-                    k8s.secret_env("MINIO_ROOT_USER", S3_SECRET, "AWS_ACCESS_KEY_ID"),
-                    k8s.secret_env("MINIO_ROOT_PASSWORD", S3_SECRET, "AWS_SECRET_ACCESS_KEY"),
-                ],
+                env=[{"name": "MINIO_CONFIG_ENV_FILE", "value": f"{SECRETS_DIR}/{MINIO_ENV_KEY}"}],
                 ports=[{"name": "s3", "containerPort": 9000}, {"name": "console", "containerPort": 9001}],
                 requests={"cpu": "100m", "memory": "256Mi"},
                 limits={"cpu": "1", "memory": "1Gi"},
@@ -110,10 +161,10 @@ def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
                     "readinessProbe": {"httpGet": {"path": "/minio/health/ready", "port": 9000}},
                     "livenessProbe": {"httpGet": {"path": "/minio/health/live", "port": 9000}},
                 },
-                volume_mounts=[{"name": "data", "mountPath": "/data"}, tmp_mount],
+                volume_mounts=[{"name": "data", "mountPath": "/data"}, tmp_mount, secret_mount],
             )
         ],
-        "volumes": [tmp_volume],
+        "volumes": [tmp_volume, secret_volume],
     }
     svc = k8s.service(
         MINIO,
@@ -123,6 +174,7 @@ def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
         obj_labels=k8s.labels(MINIO, "mlflow"),
     )
     tmp_volume, tmp_mount = k8s.tmp_volume()
+    mc_volume, mc_mount = k8s.secret_files("mc", S3_SECRET, SECRETS_DIR, [MC_CONFIG_KEY])
     bucket = settings.bucket
     make_bucket = {
         "apiVersion": "batch/v1",
@@ -139,26 +191,24 @@ def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
                 "spec": {
                     "restartPolicy": "OnFailure",
                     "securityContext": k8s.pod_security_context(),
+                    "automountServiceAccountToken": False,
                     "containers": [
                         k8s.container(
                             "make-bucket",
                             MC_IMAGE,
                             command=["/bin/sh", "-c"],
+                            # mc rewrites its config dir: a writable copy of the mounted config.json.
                             args=[
-                                f'mc alias set store {MINIO_ENDPOINT} "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"'
-                                f" && mc mb --ignore-existing store/{bucket}"
+                                f"mkdir -p /tmp/mc && cp {SECRETS_DIR}/{MC_CONFIG_KEY} /tmp/mc/config.json"
+                                f" && mc --config-dir /tmp/mc mb --ignore-existing {MC_ALIAS}/{bucket}"
                             ],
-                            env=[
-                                {"name": "HOME", "value": "/tmp"},
-                                k8s.secret_env("AWS_ACCESS_KEY_ID", S3_SECRET, "AWS_ACCESS_KEY_ID"),
-                                k8s.secret_env("AWS_SECRET_ACCESS_KEY", S3_SECRET, "AWS_SECRET_ACCESS_KEY"),
-                            ],
+                            env=[{"name": "HOME", "value": "/tmp"}],
                             requests={"cpu": "10m", "memory": "32Mi"},
                             limits={"cpu": "200m", "memory": "128Mi"},
-                            volume_mounts=[tmp_mount],
+                            volume_mounts=[tmp_mount, mc_mount],
                         )
                     ],
-                    "volumes": [tmp_volume],
+                    "volumes": [tmp_volume, mc_volume],
                 },
             },
         },
@@ -172,40 +222,47 @@ def tracking_objects(settings: MlflowSettings, image: Any) -> list[dict[str, Any
     use_minio = settings.artifact_store == "minio"
     endpoint = MINIO_ENDPOINT if use_minio else settings.endpoint
     env = [
-        k8s.secret_env("PG_PASSWORD", POSTGRES_SECRET, "password"),
         {"name": "MLFLOW_S3_ENDPOINT_URL", "value": endpoint},
         {"name": "AWS_DEFAULT_REGION", "value": settings.region},
         {"name": "HOME", "value": "/tmp"},
     ]
+    db_volume, db_mount = k8s.secret_files("db", POSTGRES_SECRET, f"{SECRETS_DIR}/db", [BACKEND_URI_KEY])
+    volumes, mounts = [tmp_volume, db_volume], [tmp_mount, db_mount]
     if use_minio:
-        env += [
-            k8s.secret_env("AWS_ACCESS_KEY_ID", S3_SECRET, "AWS_ACCESS_KEY_ID"),
-            k8s.secret_env("AWS_SECRET_ACCESS_KEY", S3_SECRET, "AWS_SECRET_ACCESS_KEY"),
-        ]
+        s3_volume, s3_mount = k8s.secret_files("s3", S3_SECRET, f"{SECRETS_DIR}/s3", [CREDENTIALS_KEY])
+        volumes.append(s3_volume)
+        mounts.append(s3_mount)
+        env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": f"{SECRETS_DIR}/s3/{CREDENTIALS_KEY}"})
     obj_labels = k8s.labels(TRACKING, "mlflow")
     selector = {"app.kubernetes.io/name": TRACKING}
+    server_args = [
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(TRACKING_PORT),
+        "--workers",
+        "1",
+        "--artifacts-destination",
+        f"s3://{settings.bucket}",
+        "--serve-artifacts",
+        "--allowed-hosts",
+        f"{TRACKING},{TRACKING}.{NS},{TRACKING}.{NS}.svc.cluster.local,"
+        f"{TRACKING}:{TRACKING_PORT},{TRACKING}.{NS}:{TRACKING_PORT},"
+        f"{TRACKING}.{NS}.svc.cluster.local:{TRACKING_PORT},localhost:{TRACKING_PORT}",
+    ]
     container = k8s.container(
         "mlflow",
         image,
-        command=["mlflow", "server"],
-        # $(PG_PASSWORD) is expanded by the kubelet from the Secret-backed env var.
-        args=[
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(TRACKING_PORT),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"postgresql://mlflow:$(PG_PASSWORD)@{POSTGRES}:5432/mlflow",
-            "--artifacts-destination",
-            f"s3://{settings.bucket}",
-            "--serve-artifacts",
-            "--allowed-hosts",
-            f"{TRACKING},{TRACKING}.{NS},{TRACKING}.{NS}.svc.cluster.local,"
-            f"{TRACKING}:{TRACKING_PORT},{TRACKING}.{NS}:{TRACKING_PORT},"
-            f"{TRACKING}.{NS}.svc.cluster.local:{TRACKING_PORT},localhost:{TRACKING_PORT}",
+        # The backend store URI (it holds the database password) is read from its file into the variable
+        # `mlflow server` takes it from (--backend-store-uri's envvar MLFLOW_BACKEND_STORE_URI, mlflow 3.17.2
+        # mlflow/cli/__init__.py), so it is on no command line; "$@" are the arguments below.
+        command=[
+            "/bin/sh",
+            "-c",
+            f'MLFLOW_BACKEND_STORE_URI="$(cat {SECRETS_DIR}/db/{BACKEND_URI_KEY})" exec mlflow server "$@"',
+            "mlflow",
         ],
+        args=server_args,
         env=env,
         ports=[{"name": "http", "containerPort": TRACKING_PORT}],
         requests={"cpu": "100m", "memory": "512Mi"},
@@ -217,9 +274,9 @@ def tracking_objects(settings: MlflowSettings, image: Any) -> list[dict[str, Any
                 "initialDelaySeconds": 30,
             },
         },
-        volume_mounts=[tmp_mount],
+        volume_mounts=mounts,
     )
-    deployment = k8s.deployment(TRACKING, NS, obj_labels, {"containers": [container], "volumes": [tmp_volume]})
+    deployment = k8s.deployment(TRACKING, NS, obj_labels, {"containers": [container], "volumes": volumes})
     svc = k8s.service(
         TRACKING,
         NS,
@@ -236,18 +293,21 @@ class MlflowTracking(PlatformComponent):
     def __init__(self, name: str, args: PlatformArgs, image: Any, opts: pulumi.ResourceOptions | None = None):
         super().__init__("MlflowTracking", name, args, opts)
         settings = self.config.mlflow
-        self.make_namespace(pod_security="restricted")
+        self.make_namespace()
         pg_password = self.password("postgres-password")
-        pg_secret = self.make_secret("postgres", POSTGRES_SECRET, {"password": pg_password.result})
+        password = pulumi.Output.secret(pg_password.result)
+        pg_secret = self.make_secret(
+            "postgres",
+            POSTGRES_SECRET,
+            {POSTGRES_PASSWORD_KEY: password, BACKEND_URI_KEY: pulumi.Output.secret(password.apply(backend_store_uri))},
+        )
         use_minio = settings.artifact_store == "minio"
         depends: list[pulumi.Resource] = [pg_secret]
         if use_minio:
             access_key = self.password("minio-access-key", length=20)
             secret_key = self.password("minio-secret-key", length=40)
             access, secret = pulumi.Output.secret(access_key.result), pulumi.Output.secret(secret_key.result)
-            s3_secret = self.make_secret(
-                "s3", S3_SECRET, {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
-            )
+            s3_secret = self.make_secret("s3", S3_SECRET, s3_secret_data(access, secret))
             depends.append(s3_secret)
             for obj in minio_objects(settings):
                 depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [s3_secret]))

@@ -24,7 +24,8 @@ Steps (each a pod running the project's own code in the project image, except th
   per ``pipeline.propose``.
 
 MLflow receives every run's params, metrics and plots (the tracking server proxies artifacts to the
-region's store). Endpoints come from the platform components; credentials only via ``secretKeyRef``.
+region's store). Endpoints come from the platform components; credentials only as files of mounted Secrets
+(boto3's shared credentials file, the git token, the registry's docker config), never as environment values.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ BUILDKIT_CONFIG_DIR = "/etc/buildkit"
 GIT_SECRET = "fraud-pipeline-git"
 GIT_SECRET_USERNAME_KEY = "username"
 GIT_SECRET_TOKEN_KEY = "token"
+GIT_SECRET_DIR = "/etc/fraud-git"
+S3_SECRET_DIR = "/etc/fraud-s3"
+S3_CREDENTIALS_KEY = "credentials"  # boto3's shared credentials file (infra/mlflow.py aws_credentials)
 WORKSPACE = "/workspace"
 FRAUD_HOME = f"{WORKSPACE}/fraud"
 REPORTS_DIR = f"{FRAUD_HOME}/reports"
@@ -143,18 +147,22 @@ def _step_container(
 
 
 def _s3_env(endpoints: PipelineEndpoints) -> list[dict[str, Any]]:
-    from infra import k8s
-
     env = [
         {"name": "AWS_ENDPOINT_URL_S3", "value": endpoints.s3_endpoint},
         {"name": "AWS_DEFAULT_REGION", "value": endpoints.s3_region},
     ]
     if endpoints.s3_secret:
-        env += [
-            k8s.secret_env("AWS_ACCESS_KEY_ID", endpoints.s3_secret, "AWS_ACCESS_KEY_ID"),
-            k8s.secret_env("AWS_SECRET_ACCESS_KEY", endpoints.s3_secret, "AWS_SECRET_ACCESS_KEY"),
-        ]
+        env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": f"{S3_SECRET_DIR}/{S3_CREDENTIALS_KEY}"})
     return env
+
+
+def _with_secret_files(template: dict[str, Any], volume: str, secret: str, path: str, keys: list[str]) -> None:
+    """Mount ``secret``'s ``keys`` read-only under ``path`` in ``template``'s container."""
+    from infra import k8s
+
+    secret_volume, mount = k8s.secret_files(volume, secret, path, keys)
+    template.setdefault("volumes", []).append(secret_volume)
+    template["container"]["volumeMounts"].append(mount)
 
 
 def _output(name: str) -> dict[str, Any]:
@@ -197,12 +205,15 @@ def workflow_template(
     fetch_args = ["pipeline", "fetch-data"]
     if region.data_bucket:
         fetch_args += ["--bucket", region.data_bucket, "--key", settings.data_key]
+    fetch: dict[str, Any] = {
+        "name": "fetch-data",
+        "retryStrategy": {"limit": "2", "retryPolicy": "OnError"},
+        "container": _step_container(endpoints, fetch_args, env=_s3_env(endpoints)),
+    }
+    if endpoints.s3_secret:
+        _with_secret_files(fetch, "s3", endpoints.s3_secret, S3_SECRET_DIR, [S3_CREDENTIALS_KEY])
     templates: list[dict[str, Any]] = [
-        {
-            "name": "fetch-data",
-            "retryStrategy": {"limit": "2", "retryPolicy": "OnError"},
-            "container": _step_container(endpoints, fetch_args, env=_s3_env(endpoints)),
-        },
+        fetch,
         {"name": "validate-data", "container": _step_container(endpoints, ["data", "--json"], memory=("1Gi", "3Gi"))},
         {
             "name": "train-baseline",
@@ -416,8 +427,6 @@ def buildkit_config(registry: str, ca_cert: Any) -> dict[str, Any]:
 
 
 def _propose_template(endpoints: PipelineEndpoints, stack: str, git: GitSettings) -> dict[str, Any]:
-    from infra import k8s
-
     args = [
         "propose-version",
         "--stack",
@@ -445,15 +454,17 @@ def _propose_template(endpoints: PipelineEndpoints, stack: str, git: GitSettings
     if repository:
         args += ["--github-api", git.api_url, "--github-repo", repository]
     env = [
-        k8s.secret_env("GIT_USERNAME", GIT_SECRET, GIT_SECRET_USERNAME_KEY),
-        k8s.secret_env("GIT_TOKEN", GIT_SECRET, GIT_SECRET_TOKEN_KEY),
+        {"name": "GIT_USERNAME_FILE", "value": f"{GIT_SECRET_DIR}/{GIT_SECRET_USERNAME_KEY}"},
+        {"name": "GIT_TOKEN_FILE", "value": f"{GIT_SECRET_DIR}/{GIT_SECRET_TOKEN_KEY}"},
     ]
-    return {
+    template = {
         "name": "propose",
         "inputs": {"parameters": [{"name": "model-uri"}, {"name": "build"}]},
         "outputs": {"parameters": [_output("proposal-url")]},
         "container": _step_container(endpoints, args, env=env),
     }
+    _with_secret_files(template, "git", GIT_SECRET, GIT_SECRET_DIR, [GIT_SECRET_USERNAME_KEY, GIT_SECRET_TOKEN_KEY])
+    return template
 
 
 def rbac_objects() -> list[dict[str, Any]]:

@@ -14,12 +14,14 @@ import pulumi
 
 from infra import k8s
 from infra.config import Region, StackConfig
+from infra.mlflow import aws_credentials
 from infra.pipeline import (
     GIT_SECRET,
     GIT_SECRET_TOKEN_KEY,
     GIT_SECRET_USERNAME_KEY,
     HARBOR_SECRET,
     NAMESPACE,
+    S3_CREDENTIALS_KEY,
     S3_SECRET,
     TEMPLATE_NAME,
     PipelineEndpoints,
@@ -74,8 +76,11 @@ class TrainingPipeline(PlatformComponent):
                     "s3",
                     S3_SECRET,
                     {
-                        "AWS_ACCESS_KEY_ID": pulumi.Output.secret(artifact_store.access_key),
-                        "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(artifact_store.secret_key),
+                        S3_CREDENTIALS_KEY: pulumi.Output.secret(
+                            pulumi.Output.all(artifact_store.access_key, artifact_store.secret_key).apply(
+                                lambda keys: aws_credentials(*keys)
+                            )
+                        )
                     },
                 )
             )

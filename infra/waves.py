@@ -181,6 +181,8 @@ def gate_objects(region: Region, upstream: Sequence[Region], image: Any, *, stra
         obj_labels,
         {
             "serviceAccountName": GATE,
+            # It reads this region's own rollout target through the API server (its ClusterRole).
+            "automountServiceAccountToken": True,
             "containers": [container],
             "volumes": [{"name": "upstreams", "secret": {"secretName": UPSTREAMS_SECRET}}, tmp_volume],
         },

@@ -277,6 +277,19 @@ def run_register_challenger(args: argparse.Namespace) -> int:
 # propose-version
 
 
+def _credential(name: str) -> str | None:
+    """``name`` from the environment, or from the file ``<name>_FILE`` names (a mounted Secret; one trailing
+    newline dropped). None when neither is set."""
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return os.environ.get(name) or None
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{name}_FILE: {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    return text.removesuffix("\n") or None
+
+
 def run_propose(args: argparse.Namespace) -> int:
     from ops.propose import ProposeError, image_from_build_metadata, propose
 
@@ -297,8 +310,8 @@ def run_propose(args: argparse.Namespace) -> int:
             base=args.base,
             github_api=args.github_api,
             github_repo=args.github_repo,
-            username=os.environ.get("GIT_USERNAME") or None,
-            token=os.environ.get("GIT_TOKEN") or None,
+            username=_credential("GIT_USERNAME"),
+            token=_credential("GIT_TOKEN"),
             image=image,
             workflow=args.workflow,
             gate=gate,

@@ -262,12 +262,14 @@ def secrets_are_pulumi_secrets(resource: Resource) -> list[str]:
     for pod in pod_specs(resource):
         for where, container in pod.containers:
             for env in container.get("env") or []:
-                if (
-                    SECRET_ENV.search(str(env.get("name", "")))
-                    and "value" in env
-                    and env.get("value") not in ("", None)
-                ):
-                    problems.append(f"{where}: env {env['name']} carries a literal value; use valueFrom.secretKeyRef")
+                name, value = str(env.get("name", "")), env.get("value")
+                # <NAME>_FILE names the file a mounted Secret puts the value in: a path, not the secret.
+                names_a_file = name.endswith("_FILE") and isinstance(value, str) and value.startswith("/")
+                if SECRET_ENV.search(name) and "value" in env and value not in ("", None) and not names_a_file:
+                    problems.append(
+                        f"{where}: env {name} carries a literal value; mount the Secret and name its file "
+                        f"({name}_FILE), or use valueFrom.secretKeyRef"
+                    )
     return problems
 
 

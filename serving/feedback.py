@@ -2,8 +2,9 @@
 
 Every scored row gets a ``prediction_id``: a token that carries the model version, the decision and the
 issue time, authenticated with HMAC-SHA256 under ``FEEDBACK_SIGNING_KEY`` (a Kubernetes Secret shared by
-all replicas). Feedback can therefore be counted by whichever replica receives it, with no shared state:
-the version and decision come from the verified token, and a client that never received a prediction
+all replicas; in a cluster mounted as a file named by ``FEEDBACK_SIGNING_KEY_FILE``). Feedback can therefore
+be counted by whichever replica receives it, with no shared state: the version and decision come from the
+verified token, and a client that never received a prediction
 cannot produce a token that verifies. Each replica remembers the tokens it has counted until they expire
 (bounded seen-set), so a repeat reaching the same replica is refused with 409 instead of double counted.
 
@@ -36,6 +37,9 @@ SIGNING_KEY_ENV = "FEEDBACK_SIGNING_KEY"
 # feedback on predictions signed just before the rotation.
 PREVIOUS_SIGNING_KEY_ENV = "FEEDBACK_SIGNING_KEY_PREVIOUS"
 MIN_KEY_BYTES = 16
+# ``<NAME>_FILE``: the key is the content of that file (a mounted Secret), not an environment variable.
+FILE_SUFFIX = "_FILE"
+MAX_KEY_FILE_BYTES = 4096
 
 DEFAULT_TOKEN_TTL_SECONDS = 24 * 3600
 DEFAULT_SEEN_CAPACITY = 200_000
@@ -104,6 +108,28 @@ class FeedbackRejected(Exception):
         return {"error": self.message, "rejected": [r.as_dict() for r in self.rejections]}
 
 
+def _key_setting(env: Mapping[str, str], name: str) -> str:
+    """``name``'s value, or the content of the file ``<name>_FILE`` names (one trailing newline dropped, as
+    ``echo`` or ``kubectl create secret --from-file`` leave it); never both."""
+    path = env.get(name + FILE_SUFFIX, "")
+    if not path:
+        return env.get(name, "")
+    if env.get(name):
+        raise SigningKeyError(f"{name} and {name}{FILE_SUFFIX} are both set; give the key one way")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SigningKeyError(f"{name}{FILE_SUFFIX}: {path} cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise SigningKeyError(f"{name}{FILE_SUFFIX}: {path} is more than {MAX_KEY_FILE_BYTES} bytes; not a key")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SigningKeyError(f"{name}{FILE_SUFFIX}: {path} is not UTF-8 text") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 def _key_bytes(value: str, env_name: str) -> bytes:
     key = value.encode("utf-8")
     if len(key) < MIN_KEY_BYTES:
@@ -134,13 +160,13 @@ class PredictionSigner:
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> PredictionSigner:
         env = os.environ if env is None else env
-        value = env.get(SIGNING_KEY_ENV, "")
+        value = _key_setting(env, SIGNING_KEY_ENV)
         if not value:
             raise SigningKeyError(
-                f"{SIGNING_KEY_ENV} is not set: every replica needs the same secret key (at least "
-                f"{MIN_KEY_BYTES} bytes, e.g. `openssl rand -hex 32`) to sign prediction ids"
+                f"{SIGNING_KEY_ENV} (or {SIGNING_KEY_ENV}{FILE_SUFFIX}) is not set: every replica needs the same "
+                f"secret key (at least {MIN_KEY_BYTES} bytes, e.g. `openssl rand -hex 32`) to sign prediction ids"
             )
-        previous = env.get(PREVIOUS_SIGNING_KEY_ENV, "")
+        previous = _key_setting(env, PREVIOUS_SIGNING_KEY_ENV)
         return cls(
             _key_bytes(value, SIGNING_KEY_ENV),
             [_key_bytes(previous, PREVIOUS_SIGNING_KEY_ENV)] if previous else [],

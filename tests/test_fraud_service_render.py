@@ -299,9 +299,15 @@ def test_model_server_pod_is_hardened_probed_and_configured(strategy: str) -> No
     assert env["MLSERVER_MODEL_VERSION"] == "v2" and env["MLSERVER_MODEL_URI"] == config.model.candidate_uri
     assert obj["spec"]["template"]["metadata"]["labels"][fraud_service.VERSION_POD_LABEL] == "v2"
     assert "SIMULATE_ERROR" not in env
-    key_ref = env["FEEDBACK_SIGNING_KEY"]["secretKeyRef"]
-    secret = find(objects, "Secret", key_ref["name"])
-    assert secret["stringData"][key_ref["key"]] == SECRET_MARKER  # generated, kept secret
+    # The signing key is a file of the mounted Secret, named by FEEDBACK_SIGNING_KEY_FILE (no Secret in env).
+    assert "FEEDBACK_SIGNING_KEY" not in env and not [e for e in container.get("env", []) if "valueFrom" in e]
+    key_dir, key_name = env["FEEDBACK_SIGNING_KEY_FILE"].rsplit("/", 1)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == key_dir]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["items"] == [{"key": key_name, "path": key_name}]
+    secret = find(objects, "Secret", volume["secret"]["secretName"])
+    assert secret["stringData"][key_name] == SECRET_MARKER  # generated, kept secret
     hpa, pdb = find(objects, "HorizontalPodAutoscaler"), find(objects, "PodDisruptionBudget")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
         config.serving.min_replicas,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from render_support import STACKS, STRATEGIES, rendered
 
 from fraudctl.cli import build_parser
+from fraudctl.errors import UsageError
 from infra import pipeline, waves
 from infra.config import load_stack
 from infra.render import SECRET_MARKER, SECRET_SIG, SECRET_VALUE_SIG, RenderResult, run_program
@@ -111,28 +113,56 @@ def test_project_steps_use_the_tools_image_and_the_build_uses_pinned_rootless_bu
             assert container["resources"]["limits"]["cpu"] and container["resources"]["limits"]["memory"]
 
 
-def test_credentials_reach_the_steps_only_through_secret_references() -> None:
+def mounted(spec: dict[str, Any], variable: str) -> tuple[str, str]:
+    """(Secret, key) whose file the environment variable ``variable`` names in the template ``spec``."""
+    path = {e["name"]: e["value"] for e in spec["container"]["env"]}[variable]
+    mount = next(m for m in spec["container"]["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+    return volume["secretName"], path.rsplit("/", 1)[1]
+
+
+def test_credentials_reach_the_steps_only_as_files_of_mounted_secrets() -> None:
     for stack in STACKS:
         result = rendered(stack)
         for region in result.config.regions:
             templates = templates_by_name(template_of(result, region.name))
             for name, spec in templates.items():
                 for env in (spec.get("container") or {}).get("env", []):
+                    assert "valueFrom" not in env, (name, env)  # never a Secret as an environment value
                     if re.search(r"KEY|TOKEN|PASSWORD|SECRET", env["name"]):
-                        assert "value" not in env and env["valueFrom"]["secretKeyRef"]["name"], (name, env)
-            propose_env = {e["name"]: e for e in templates["propose"]["container"]["env"]}
-            assert propose_env["GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-                "name": pipeline.GIT_SECRET,
-                "key": "token",
-            }
+                        assert env["name"].endswith("_FILE"), (name, env)
+
+            assert mounted(templates["propose"], "GIT_TOKEN_FILE") == (pipeline.GIT_SECRET, "token")
+            assert mounted(templates["propose"], "GIT_USERNAME_FILE") == (pipeline.GIT_SECRET, "username")
+            s3 = mounted(templates["fetch-data"], "AWS_SHARED_CREDENTIALS_FILE")
+            assert s3 == (pipeline.S3_SECRET, "credentials")
             build = templates["build-image"]
             assert build["volumes"][0]["secret"]["secretName"] == pipeline.HARBOR_SECRET
             secrets = {o["metadata"]["name"]: o for o in result.manifests(region.name) if o["kind"] == "Secret"}
             assert secrets[pipeline.HARBOR_SECRET]["type"] == "kubernetes.io/dockerconfigjson"
             assert secrets[pipeline.HARBOR_SECRET]["stringData"][".dockerconfigjson"] == SECRET_MARKER
-            assert set(secrets[pipeline.S3_SECRET]["stringData"].values()) == {SECRET_MARKER}
+            assert secrets[pipeline.S3_SECRET]["stringData"] == {"credentials": SECRET_MARKER}
             # No git token configured: the operator's Secret is referenced, none is declared.
             assert pipeline.GIT_SECRET not in secrets
+
+
+def test_the_proposal_step_reads_its_git_credentials_from_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ops.cli import _credential
+
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    monkeypatch.setenv("GIT_TOKEN_FILE", str(token))
+    monkeypatch.delenv("GIT_TOKEN", raising=False)
+    assert _credential("GIT_TOKEN") == "t0ken"
+    monkeypatch.setenv("GIT_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match=r"GIT_TOKEN_FILE: .*missing cannot be read"):
+        _credential("GIT_TOKEN")
+    monkeypatch.delenv("GIT_TOKEN_FILE")
+    monkeypatch.setenv("GIT_TOKEN", "from-env")
+    assert _credential("GIT_TOKEN") == "from-env"
 
 
 def test_a_configured_git_token_becomes_a_secret_for_the_proposal_step() -> None:

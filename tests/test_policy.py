@@ -88,8 +88,14 @@ def test_limits_non_root_and_secret_env() -> None:
     assert "runs privileged" in violations(deployment(privileged), "non-root-containers")[0]
     leaky = container(env=[{"name": "DB_PASSWORD", "value": "hunter2"}, {"name": "MODE", "value": "x"}])
     assert violations(deployment(leaky), "secrets-are-pulumi-secrets") == [
-        "spec.template.spec.containers[app]: env DB_PASSWORD carries a literal value; use valueFrom.secretKeyRef"
+        "spec.template.spec.containers[app]: env DB_PASSWORD carries a literal value; mount the Secret and name its "
+        "file (DB_PASSWORD_FILE), or use valueFrom.secretKeyRef"
     ]
+    # A variable naming the file a mounted Secret holds the value in carries a path, not the secret.
+    as_file = container(env=[{"name": "DB_PASSWORD_FILE", "value": "/etc/db/password"}])
+    assert violations(deployment(as_file), "secrets-are-pulumi-secrets") == []
+    not_a_path = container(env=[{"name": "DB_PASSWORD_FILE", "value": "hunter2"}])
+    assert violations(deployment(not_a_path), "secrets-are-pulumi-secrets") != []
 
 
 def test_secret_values_must_be_pulumi_secrets_and_stay_out_of_git() -> None:

@@ -90,6 +90,12 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
                 "failureThreshold": 120,
             },
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+            # After start-up: a hung service is restarted (the rollout it judged then starts its evidence again).
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "http"},
+                "periodSeconds": 20,
+                "failureThreshold": 3,
+            },
         },
         volume_mounts=[tmp_mount],
     )

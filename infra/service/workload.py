@@ -25,7 +25,7 @@ from infra.service.names import (
 )
 from rollout import analysis
 from serving.faults import MODE_ENV
-from serving.feedback import SIGNING_KEY_ENV
+from serving.feedback import FILE_SUFFIX, SIGNING_KEY_ENV
 from serving.settings import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
@@ -58,9 +58,12 @@ def serving_config(model: ModelSettings, serving: ServingSettings) -> ServingCon
     )
 
 
+SIGNING_KEY_DIR = "/etc/fraud-feedback"
+
+
 def serving_env(model: ModelSettings, serving: ServingSettings, *, mlflow_enabled: bool) -> list[dict[str, Any]]:
     """MLServer settings from serving.settings (parallel workers 0, OMP_NUM_THREADS=1, adaptive batching,
-    the version label), the shared signing key from its Secret, MLflow access, and the drill's fault."""
+    the version label), where the shared signing key's file is, MLflow access, and the drill's fault."""
     values = mlserver_environment(serving_config(model, serving))
     values["HOME"] = "/tmp"
     if mlflow_enabled and model.target_uri.startswith(("models:/", "runs:/")):
@@ -69,9 +72,9 @@ def serving_env(model: ModelSettings, serving: ServingSettings, *, mlflow_enable
         values["MLFLOW_TRACKING_URI"] = TRACKING_URL
     if serving.simulate_error != "false":
         values[MODE_ENV] = serving.simulate_error
-    env = [{"name": name, "value": value} for name, value in sorted(values.items())]
-    env.append(k8s.secret_env(SIGNING_KEY_ENV, SIGNING_SECRET, SIGNING_SECRET_KEY))
-    return env
+    # The signing key is a file (the Secret mounted by pod_template), named by <variable>_FILE.
+    values[SIGNING_KEY_ENV + FILE_SUFFIX] = f"{SIGNING_KEY_DIR}/{SIGNING_SECRET_KEY}"
+    return [{"name": name, "value": value} for name, value in sorted(values.items())]
 
 
 def serving_image(model: ModelSettings, built: Any) -> Any:
@@ -92,6 +95,7 @@ def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
     # and whether MLflow runs.
     s = config.serving
     tmp_volume, tmp_mount = k8s.tmp_volume()
+    key_volume, key_mount = k8s.secret_files("signing-key", SIGNING_SECRET, SIGNING_KEY_DIR, [SIGNING_SECRET_KEY])
     pod_labels = {
         **object_labels(APP),
         **WORKLOAD_LABEL,
@@ -117,7 +121,7 @@ def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
             "readinessProbe": _probe(HEALTH_READY, periodSeconds=5, failureThreshold=2),
             "livenessProbe": _probe(HEALTH_LIVE, periodSeconds=10, failureThreshold=3),
         },
-        volume_mounts=[tmp_mount],
+        volume_mounts=[tmp_mount, key_mount],
     )
     return {
         "metadata": {
@@ -145,7 +149,7 @@ def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
                 for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
             ],
             "containers": [container],
-            "volumes": [tmp_volume],
+            "volumes": [tmp_volume, key_volume],
         },
     }
 

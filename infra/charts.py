@@ -25,6 +25,22 @@ NAMESPACES = {
     "mlflow": "mlflow",
 }
 FRAUD_NAMESPACE = "fraud"
+# The Pod Security level each platform namespace enforces: restricted wherever every pod in it (the chart's,
+# with the values below, and ours) passes it; None (privileged) where one cannot, for the reason given
+# (fraudctl verify's hardening check evaluates every pod against the level its namespace enforces).
+POD_SECURITY: dict[str, str | None] = {
+    "istio": "restricted",
+    "argocd": "restricted",
+    # The training pipeline's pods run here, and its rootless BuildKit step needs unconfined seccomp and
+    # AppArmor and privilege escalation (newuidmap) for its user namespaces: not even baseline allows that.
+    "argoWorkflows": None,
+    "argoRollouts": "restricted",
+    "flagger": "restricted",
+    # node-exporter reads the node itself: host network and PID namespaces, hostPath volumes.
+    "monitoring": None,
+    "harbor": "restricted",
+    "mlflow": "restricted",
+}
 CHARTS_FOLDER = CHARTS_DIR.name
 PROMETHEUS_SERVICE = "kube-prometheus-stack-prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{NAMESPACES['monitoring']}:9090"
@@ -94,6 +110,43 @@ def chart_releases(component: str) -> list[ChartRelease]:
     return table[component]
 
 
+# UIDs the charts' pods run as where their values allow one (fraudctl verify's hardening check wants every
+# container at 10000 or above and says why where a chart or image rules it out: infra/verify/hardening.py).
+# 65534 (nobody) for images that are built to run as it; 10001 for static binaries that need no home.
+NOBODY = 65534
+CONTROLLER_UID = 10001
+GRAFANA_UID = 10472  # Grafana's image makes its writable paths 0777 for any UID (the chart's default is 472)
+REDIS_UID = 10999  # Argo CD's Redis keeps nothing on disk (--save "", no appendonly)
+LOADTESTER_UID = 10100
+
+
+def pod_security(uid: int, *, fs_group: bool = True) -> dict[str, Any]:
+    """A pod securityContext: that UID and group, non-root, the runtime's default seccomp profile."""
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if fs_group:
+        context["fsGroup"] = uid
+    return context
+
+
+def container_security(uid: int | None = None) -> dict[str, Any]:
+    """A restricted container securityContext (Pod Security restricted: no escalation, no capabilities)."""
+    context: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if uid is not None:
+        context |= {"runAsUser": uid, "runAsGroup": uid}
+    return context
+
+
 def _resources(cpu: str, memory: str, cpu_limit: str | None = None, memory_limit: str | None = None) -> dict[str, Any]:
     return {
         "requests": {"cpu": cpu, "memory": memory},
@@ -112,6 +165,8 @@ def istio_base_values() -> dict[str, Any]:
 
 def istiod_values(*, small: bool, version: str) -> dict[str, Any]:
     return {
+        # The chart sets no seccomp profile on pilot unless told (istiod 1.24.2 templates/deployment.yaml).
+        "seccompProfile": {"type": "RuntimeDefault"},
         "pilot": {
             "autoscaleEnabled": not small,
             "replicaCount": 1 if small else 2,
@@ -145,7 +200,16 @@ def argocd_values() -> dict[str, Any]:
         "server": {"service": {"type": "ClusterIP"}, "metrics": {"enabled": True}},
         "controller": {"metrics": {"enabled": True}},
         "repoServer": {"metrics": {"enabled": True}},
-        "redis": {"resources": _resources("50m", "64Mi", "200m", "128Mi")},
+        "applicationSet": {"livenessProbe": {"enabled": True}, "readinessProbe": {"enabled": True}},
+        "notifications": {"livenessProbe": {"enabled": True}, "readinessProbe": {"enabled": True}},
+        "redis": {
+            "resources": _resources("50m", "64Mi", "200m", "128Mi"),
+            "securityContext": pod_security(REDIS_UID, fs_group=False),
+            "livenessProbe": {"enabled": True},
+            "readinessProbe": {"enabled": True},
+            # Redis never calls the API server.
+            "automountServiceAccountToken": False,
+        },
     }
 
 
@@ -167,8 +231,9 @@ def argo_workflows_values(
             "workflowNamespaces": [NAMESPACES["argoWorkflows"], FRAUD_NAMESPACE],
             "metricsConfig": {"enabled": True},
             "serviceMonitor": {"enabled": monitoring},
+            "podSecurityContext": pod_security(CONTROLLER_UID),
         },
-        "server": {"authModes": ["client"], "secure": False},
+        "server": {"authModes": ["client"], "secure": False, "podSecurityContext": pod_security(CONTROLLER_UID)},
         "workflow": {"serviceAccount": {"create": True, "name": "argo-workflow"}, "rbac": {"create": True}},
         # Workflow artifacts go to the same S3-compatible store as MLflow's, credentials from a Secret.
         "artifactRepository": {"archiveLogs": True, "s3": s3},
@@ -178,7 +243,12 @@ def argo_workflows_values(
 def argo_rollouts_values(*, small: bool, monitoring: bool) -> dict[str, Any]:
     return {
         "installCRDs": True,
-        "dashboard": {"enabled": True},
+        "podSecurityContext": pod_security(CONTROLLER_UID),
+        "dashboard": {
+            "enabled": True,
+            "podSecurityContext": pod_security(CONTROLLER_UID),
+            "containerSecurityContext": container_security(),
+        },
         "controller": {
             "replicas": 1 if small else 2,
             "metrics": {"enabled": True, "serviceMonitor": {"enabled": monitoring}},
@@ -196,12 +266,21 @@ def flagger_values(*, monitoring: bool) -> dict[str, Any]:
         "prometheus": {"install": False},
         "serviceMonitor": {"enabled": monitoring},
         "resources": _resources("50m", "64Mi", "500m", "256Mi"),
+        "securityContext": {"enabled": True, "context": container_security(CONTROLLER_UID)},
     }
+
+
+# The load tester's own ServiceAccount (the program's, without a token: the chart has no value to turn the
+# token off, and with rbac.create false its pod would run as the namespace's default account).
+LOADTESTER_SERVICE_ACCOUNT = "flagger-loadtester"
 
 
 def flagger_loadtester_values() -> dict[str, Any]:
     return {
         "cmd": {"timeout": "1h"},
+        "serviceAccountName": LOADTESTER_SERVICE_ACCOUNT,
+        # The image's user is app (100); its binary is readable and executable by any UID.
+        "securityContext": {"enabled": True, "context": container_security(LOADTESTER_UID)},
         "resources": _resources("50m", "64Mi", "500m", "256Mi"),
         # No sidecar: the load tester calls canary pods directly and should not be routed by the mesh.
         "podAnnotations": {"sidecar.istio.io/inject": "false"},
@@ -218,10 +297,20 @@ def monitoring_values(*, small: bool) -> dict[str, Any]:
                 "ruleSelectorNilUsesHelmValues": False,
                 "retention": "7d" if small else "15d",
                 "resources": _resources("200m", "512Mi", "1", "2Gi"),
+                # The image's user (nobody); the chart's default is 1000.
+                "securityContext": pod_security(NOBODY),
             }
         },
-        "alertmanager": {"enabled": True},
+        "alertmanager": {
+            "enabled": True,
+            # Alertmanager never calls the API server.
+            "alertmanagerSpec": {"securityContext": pod_security(NOBODY), "automountServiceAccountToken": False},
+        },
+        "prometheusOperator": {
+            "admissionWebhooks": {"patch": {"securityContext": pod_security(NOBODY, fs_group=False)}},
+        },
         "grafana": {
+            "securityContext": pod_security(GRAFANA_UID),
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
             "sidecar": {
                 "dashboards": {

@@ -58,8 +58,10 @@ class PlatformComponent(pulumi.ComponentResource):
     def declare(self, suffix: str, obj: dict[str, Any], depends_on: list[pulumi.Resource] | None = None) -> Any:
         return k8s.declare(f"{self._name}-{suffix}", obj, self.child_opts(depends_on))
 
-    def make_namespace(self, *, mesh: bool = False, pod_security: str | None = None) -> Any:
-        self.namespace = self.declare("ns", k8s.namespace(self.namespace_name, mesh=mesh, pod_security=pod_security))
+    def make_namespace(self, *, mesh: bool = False) -> Any:
+        """The component's namespace, enforcing its Pod Security level (charts.POD_SECURITY)."""
+        level = charts.POD_SECURITY.get(self.component)
+        self.namespace = self.declare("ns", k8s.namespace(self.namespace_name, mesh=mesh, pod_security=level))
         return self.namespace
 
     def password(self, suffix: str, length: int = 24) -> Any:
@@ -204,7 +206,21 @@ class Flagger(PlatformComponent):
         self.crds_ready = [release]
         if self.config.enabled("flaggerLoadtester"):
             (lt_spec,) = charts.chart_releases("flaggerLoadtester")
-            self.crds_ready.append(self.release(lt_spec, charts.flagger_loadtester_values(), [release]))
+            account = self.declare(
+                "loadtester-sa",
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {
+                        "name": charts.LOADTESTER_SERVICE_ACCOUNT,
+                        "namespace": self.namespace_name,
+                        "labels": k8s.labels(charts.LOADTESTER_SERVICE_ACCOUNT, self.component),
+                    },
+                    "automountServiceAccountToken": False,
+                },
+                [self.namespace],
+            )
+            self.crds_ready.append(self.release(lt_spec, charts.flagger_loadtester_values(), [release, account]))
         self.finish(loadtester_url=charts.LOADTESTER_URL, metrics_server=charts.PROMETHEUS_URL)
 
 

@@ -230,9 +230,9 @@ def test_references_catch_a_missing_secret_key_and_role() -> None:
     platform = base()
 
     def wrong_key(obj: dict) -> None:
-        for env in obj["spec"]["template"]["spec"]["containers"][0]["env"]:
-            if "valueFrom" in env:
-                env["valueFrom"]["secretKeyRef"]["key"] = "signing-key"
+        for volume in obj["spec"]["template"]["spec"]["volumes"]:
+            if volume.get("secret", {}).get("secretName") == "fraud-feedback-signing":
+                volume["secret"]["items"][0]["key"] = "signing-key"
 
     found = only_known(variant(platform, edited("Deployment", "fraud-detector", wrong_key, "program")), "references")
     assert found == [

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.verify import metrics
+from infra.verify import hardening, metrics
 from infra.verify.k8s_schema import SchemaRegistry
 from infra.verify.platform import (
     CLUSTER_OWNED_NAMESPACE,
@@ -39,6 +39,7 @@ class CheckResult:
     title: str
     checked: int = 0
     failures: list[str] = field(default_factory=list)
+    waived: int = 0  # findings an explicit waiver covers (hardening)
 
     @property
     def ok(self) -> bool:
@@ -386,12 +387,15 @@ def _pod_references(refs: _References, template: PodTemplate) -> None:
                 if ref:
                     refs.obj(owner, kind, ns, ref.get("name", ""), optional=bool(ref.get("optional")))
     for volume in spec.get("volumes") or []:
-        if volume.get("secret"):
-            secret = volume["secret"]
-            refs.obj(owner, "Secret", ns, secret.get("secretName", ""), optional=bool(secret.get("optional")))
-        if volume.get("configMap"):
-            config_map = volume["configMap"]
-            refs.obj(owner, "ConfigMap", ns, config_map.get("name", ""), optional=bool(config_map.get("optional")))
+        # A volume that names keys (items) needs each of them: a Secret or ConfigMap without one fails the mount.
+        for kind, source, name_key in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+            ref = volume.get(source)
+            if not ref:
+                continue
+            optional = bool(ref.get("optional"))
+            refs.obj(owner, kind, ns, ref.get(name_key, ""), optional=optional)
+            for item in ref.get("items") or []:
+                refs.obj(owner, kind, ns, ref.get(name_key, ""), key=item.get("key"), optional=optional)
         for source in (volume.get("projected") or {}).get("sources") or []:
             for key, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
                 ref = source.get(key)
@@ -574,6 +578,22 @@ def _images(platform: Platform, result: CheckResult) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Hardening
+
+
+@check(
+    "hardening",
+    "workloads are hardened: Secrets as files, no unused token, UID >= 10000, probes, Pod Security restricted",
+)
+def _hardening(platform: Platform, result: CheckResult) -> None:
+    checked, open_findings, waived = hardening.judged(platform)
+    result.checked = checked
+    result.waived = len(waived)
+    for finding in open_findings:
+        result.fail(finding.text())
+
+
+# ---------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -585,7 +605,8 @@ def format_table(region: str, results: list[CheckResult], *, limit: int = 3, wid
     """One row per check (name, status, how many things it looked at), its first failures wrapped below."""
     rows = [f"region {region}", f"  {'check':<17} {'status':<6} {'count':>6}  what"]
     for r in results:
-        rows.append(f"  {r.name:<17} {'pass' if r.ok else 'FAIL':<6} {r.checked:>6}  {r.title}")
+        waived = f" ({r.waived} waived, reasons in infra/verify/hardening.py)" if r.waived else ""
+        rows.append(f"  {r.name:<17} {'pass' if r.ok else 'FAIL':<6} {r.checked:>6}  {r.title}{waived}")
         for failure in r.failures[:limit]:
             lines = textwrap.wrap(failure, width=width - 6, break_long_words=False, break_on_hyphens=False)
             rows += [f"      {'- ' if i == 0 else '  '}{line}" for i, line in enumerate(lines)]

@@ -216,6 +216,14 @@ class Platform:
                 port = {"Prometheus": 9090, "Alertmanager": 9093}[kind]
                 spec = {
                     "serviceAccountName": owner.spec.get("serviceAccountName") or "default",
+                    # The operator copies these onto the pods it makes (spec.securityContext,
+                    # spec.automountServiceAccountToken of the Prometheus / Alertmanager resource).
+                    "securityContext": owner.spec.get("securityContext") or {},
+                    **(
+                        {"automountServiceAccountToken": owner.spec["automountServiceAccountToken"]}
+                        if "automountServiceAccountToken" in owner.spec
+                        else {}
+                    ),
                     "containers": [
                         {
                             "name": container,

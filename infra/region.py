@@ -95,7 +95,8 @@ class RegionStack(pulumi.ComponentResource):
             ),
             child,
         )
-        self.components["fraud"] = self.fraud_service  # type: ignore[assignment]  # same outputs/crds_ready shape
+        if config.serving.enabled:
+            self.components["fraud"] = self.fraud_service  # type: ignore[assignment]  # same outputs/crds_ready
         # --- pipeline and GitOps (issue 6) ---
         from infra import pipeline_stack
 

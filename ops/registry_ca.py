@@ -19,6 +19,9 @@ secret ``registryCaKey``. Written under ``--out`` (default ``.cluster``):
 * ``hosts.machine`` and ``hosts.node``: the ``/etc/hosts`` line of the machine (the registry on 127.0.0.1, the
   port mapping) and of each node (the registry's ClusterIP: kube-proxy serves ClusterIPs in the node's own
   network namespace).
+* ``passphrase`` (mode 0600, kept once made): what encrypts the stack's secrets in the local Pulumi state, and
+  ``env.sh``, to source in each shell: the tools docs/CLUSTER.md installs under ``bin/`` and ``pulumi/``,
+  the project's ``fraudctl``, and ``PULUMI_CONFIG_PASSPHRASE_FILE``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from infra.config import RegistrySettings, StackConfig
+from infra.config import PROJECT_ROOT, RegistrySettings, StackConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class KindFiles:
     docker_ca: Path
     machine_hosts: Path
     node_hosts: Path
+    passphrase: Path
+    env: Path
     cluster_name: str
     created_ca: bool
 
@@ -75,6 +81,8 @@ class KindFiles:
             self.docker_ca,
             self.machine_hosts,
             self.node_hosts,
+            self.passphrase,
+            self.env,
         ]
 
 
@@ -274,6 +282,8 @@ def write_kind_files(config: StackConfig, region_name: str | None, out: Path) ->
         docker_ca=out / "docker" / "certs.d" / address / "ca.crt",
         machine_hosts=out / "hosts.machine",
         node_hosts=out / "hosts.node",
+        passphrase=out / "passphrase",
+        env=out / "env.sh",
         cluster_name=cluster,
         created_ca=created,
     )
@@ -285,4 +295,17 @@ def write_kind_files(config: StackConfig, region_name: str | None, out: Path) ->
     _write(files.kind_config, (header + config_text).encode())
     _write(files.machine_hosts, f"127.0.0.1 {host}\n".encode())
     _write(files.node_hosts, f"{registry.cluster_ip} {host}\n".encode())
+    if not files.passphrase.exists():
+        _write(files.passphrase, secrets.token_urlsafe(32).encode(), 0o600)
+    _write(files.env, env_script(out, PROJECT_ROOT, files.passphrase).encode())
     return files
+
+
+def env_script(out: Path, project: Path, passphrase: Path) -> str:
+    """``env.sh``: sourced (``. .cluster/env.sh``) by every step of docs/CLUSTER.md."""
+    return (
+        "# Source me: the kind path's tools, the project's fraudctl, the stack's passphrase (fraudctl cluster ca).\n"
+        f'export PATH="{out}/bin:{out}/pulumi/bin:{project}/.venv/bin:$PATH"\n'
+        f'export PULUMI_CONFIG_PASSPHRASE_FILE="{passphrase}"\n'
+        "export PULUMI_SKIP_UPDATE_CHECK=true\n"
+    )

@@ -66,7 +66,7 @@ def check_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_workflow_is_valid_against_the_github_workflow_schema(tmp_path: Path) -> None:
-    assert {p.stem for p in WORKFLOWS} == {"pull-request", "deploy", "drift"}
+    assert {p.stem for p in WORKFLOWS} == {"pull-request", "deploy", "drift", "e2e"}
     proc = check_schema(*WORKFLOWS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The schema does catch mistakes: a misspelt key and a wrong trigger fail.

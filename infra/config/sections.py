@@ -164,6 +164,9 @@ class RegistrySettings(StrictSettings):
 class ServingSettings(StrictSettings):
     """The fraud model's MLServer deployment."""
 
+    # false: the platform and the training pipeline without the fraud service, for a fresh cluster's first
+    # `pulumi up` (the model server needs a registered model to start; docs/CLUSTER.md).
+    enabled: StrictBool = True
     replicas: int = Field(2, ge=1, le=100)
     min_replicas: int = Field(2, ge=1, le=100)
     max_replicas: int = Field(6, ge=1, le=500)

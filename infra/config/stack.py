@@ -125,7 +125,9 @@ class StackSettings(StrictSettings):
     )
     serving: ServingSettings = Field(
         default_factory=ServingSettings,
-        description="Fraud model serving (MLServer): replicas, autoscaling bounds, resources (requests may not "
+        description="Fraud model serving (MLServer): enabled (false declares the platform and the pipeline without "
+        "the fraud service, for a fresh cluster's first `pulumi up` before any model is registered), replicas, "
+        "autoscaling bounds, resources (requests may not "
         "exceed limits), adaptive batching; simulateError (the string false, true or degrade) injects a fault "
         "into the rolled-out version for the rollback drill (docs/ROLLOUT.md), refused in environment prod "
         "unless allowFaultInjectionInProduction is true.",

@@ -152,6 +152,12 @@ class FraudModelService(pulumi.ComponentResource):
         self._name, self._args = name, args
         self.crds_ready: list[pulumi.Resource] = []
         self.namespace = self._declare("ns", namespace_object(config.enabled("istio")), list(args.depends_on))
+        if not config.serving.enabled:
+            # A fresh cluster's first `pulumi up` (serving.enabled false): the namespace only, so it is the same
+            # resource when the service arrives and what lives in it meanwhile (Argo Workflows' RBAC) stays.
+            self.outputs: dict[str, Any] = {"namespace": NS}
+            self.register_outputs(self.outputs)
+            return
         signing_key = random.RandomPassword(
             f"{name}-feedback-signing-key", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
@@ -170,7 +176,7 @@ class FraudModelService(pulumi.ComponentResource):
         for components, obj in objects.custom:
             ready = [r for key in components for r in args.crds.get(key, ())]
             self._add(obj, [self.namespace, *ready])
-        self.outputs: dict[str, Any] = {
+        self.outputs = {
             "namespace": NS,
             "strategy": config.strategy,
             "model_version": config.model.target_version,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,10 @@ def register(commands: Any, bench: Any) -> None:
     )
     parser.add_argument("--fraud-share", type=float, default=0.2, help="share of frauds in the replayed traffic")
     parser.add_argument(
-        "--report", type=Path, default=None, help="report folder (default $FRAUD_HOME/reports/rehearsal)"
+        "--report",
+        type=Path,
+        default=None,
+        help="folder for the reports: one folder per run and a 'latest' link (default $FRAUD_HOME/reports/rehearsal)",
     )
     parser.add_argument("--data", default=None, help="dataset: a local path or URL (default: the cached ULB file)")
     parser.add_argument("--ignore-gate", action="store_true", help="roll out even if the offline gate rejects v2")
@@ -50,8 +52,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 on a rollout decision, 1 when the gate rejects the candidate or something fails, 2 for bad input or
+    local state, 128+N on signal N (130 Ctrl-C, 143 SIGTERM); every one but bad input leaves a report."""
     from infra.config import ConfigError, load_stack
-    from rehearsal.run import GateRejected, RehearsalOptions, rehearse
+    from rehearsal.run import RehearsalOptions, rehearse
 
     _validate(args)
     try:
@@ -67,13 +71,7 @@ def run(args: argparse.Namespace) -> int:
         data_source=args.data,
         ignore_gate=args.ignore_gate,
     )
-    # SIGTERM stops everything the same way Ctrl-C does: servers and Prometheus are torn down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        data = rehearse(config, options)
-    except GateRejected as error:
-        print(f"fraudctl rehearse: {error}", file=sys.stderr)
-        return 1
+    data = rehearse(config, options)  # handles Ctrl-C, SIGTERM and SIGHUP itself (rehearsal/processes.py)
     if args.json:
         print(json.dumps(data, indent=2))
-    return 0
+    return int(data["exit_code"])

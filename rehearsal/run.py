@@ -72,6 +72,12 @@ def _log(message: str) -> None:
     print(f"rehearse: {message}", file=sys.stderr, flush=True)
 
 
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's message (the rest, e.g. a server's log tail, goes to error.log)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _model_input_errors() -> tuple[type[BaseException], ...]:
     """What the model package raises for bad local state or data (model/cli.py turns the same into exit 2)."""
     from model.artifact import ModelArtifactError
@@ -103,8 +109,9 @@ def check_local_state(home: Path, reports: Path) -> None:
 class _Run:
     """One rehearsal: what it has done so far, so that any ending can report it."""
 
-    def __init__(self, config: StackConfig, options: RehearsalOptions, folder: Path) -> None:
+    def __init__(self, config: StackConfig, options: RehearsalOptions, home: Path, folder: Path) -> None:
         self.config = config
+        self.home = home
         self.options = options
         self.folder = folder
         self.run_id = f"{folder.name}-{secrets.token_hex(3)}"
@@ -181,7 +188,7 @@ class _Run:
 
     def _enter(self, phase: str) -> None:
         self.phase = phase
-        self._save_progress()
+        self.save_progress()
 
     def _progress(self, step: StepRecord, total: int) -> None:
         self.steps.append(step)
@@ -189,9 +196,9 @@ class _Run:
         fault = " [fault active]" if step.fault_active else ""
         where = f"step {step.index} ({step.phase}, weight {step.weight}%){fault}"
         _log(f"{where}: {checks} -> failed checks {step.failed_checks}")
-        self._save_progress()
+        self.save_progress()
 
-    def _save_progress(self) -> None:
+    def save_progress(self) -> None:
         """The record so far (decision ``running`` until decided): what a run killed outright leaves behind."""
         if self.outcome is not None:
             ending = Ending(self.outcome.decision, self.outcome.reason, EXIT_DECIDED)
@@ -214,7 +221,7 @@ class _Run:
         except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C where no handler could be installed
             error = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
         ending = self.ending(error)
-        if self.outcome is None:
+        if self.outcome is None and self.rig is not None:
             _log(f"{ending.decision}: stopping the servers and Prometheus")
         try:
             self.stop_rig()
@@ -234,19 +241,20 @@ class _Run:
         if isinstance(error, GateRejected):
             return Ending("gate_rejected", str(error), EXIT_FAILED)
         if isinstance(error, PrometheusUnavailable):
-            return Ending(
-                "error", f"{error} while {self.phase}: no data, so no promotion{steps}", EXIT_FAILED, str(error)
-            )
+            verdict = ": no data, so no promotion" if self.phase == "analysing" else ""
+            return Ending("error", f"{error} while {self.phase}{verdict}{steps}", EXIT_FAILED, str(error))
         if isinstance(error, PrometheusError | ServerStartError):
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return Ending("error", f"{first} (while {self.phase}){steps}", EXIT_FAILED, str(error))
+            return Ending("error", f"{_one_line(error)} (while {self.phase}){steps}", EXIT_FAILED, str(error))
         if isinstance(error, _model_input_errors()):
-            return Ending("error", f"{error} (while {self.phase})", EXIT_LOCAL_STATE, str(error))
+            return Ending("error", f"{_one_line(error)} (while {self.phase})", EXIT_LOCAL_STATE, str(error))
         assert error is not None
         detail = "".join(traceback.format_exception(error))
+        if isinstance(error, OSError) and error.filename and Path(error.filename).is_relative_to(self.home):
+            where = f"{error.filename}: {error.strerror or error}"
+            return Ending("error", f"{where} (local state, while {self.phase})", EXIT_LOCAL_STATE, detail)
         return Ending(
             "error",
-            f"unexpected {type(error).__name__}: {error} (while {self.phase}){steps}",
+            f"unexpected {type(error).__name__}: {_one_line(error)} (while {self.phase}){steps}",
             EXIT_FAILED,
             detail,
         )
@@ -328,7 +336,8 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
     with StopSignals(_log) as signals:
         check_local_state(home, base)
         reap_abandoned_runs(home, log=_log)
-        run = _Run(config, options, new_run_folder(base, config.strategy, options.fault))
+        run = _Run(config, options, home, new_run_folder(base, config.strategy, options.fault))
+        run.save_progress()  # from the first moment on, the folder says what this run is and how far it got
         scope = RunScope(home, run.run_id, run.folder, log=_log)
         with contextlib.ExitStack() as lifetime:
             try:

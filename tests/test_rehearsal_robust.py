@@ -325,14 +325,19 @@ def test_a_candidate_the_gate_rejects_is_reported_without_starting_anything(fake
 # -- bad local state -------------------------------------------------------------------------------------
 
 
-def test_a_corrupt_registry_found_while_preparing_models_is_exit_2_with_a_report(fakes, tmp_path):
+@pytest.mark.parametrize("kind", ["corrupt registry", "unwritable models"])
+def test_bad_local_state_found_while_preparing_models_is_exit_2_with_a_report(fakes, tmp_path, kind):
     from model.registry import RegistryError
 
     home = tmp_path / "home"
-    fakes.script = Script(prepare=RegistryError(f"{home}/mlflow.db: file is not a database"))
+    if kind == "corrupt registry":
+        error: Exception = RegistryError(f"{home}/mlflow.db: file is not a database")
+    else:
+        error = PermissionError(13, "Permission denied", str(home / "mlruns" / "1" / "model.skops"))
+    fakes.script = Script(prepare=error)
     data = rehearse(config(), options(home))
-    assert data["decision"] == "error" and data["exit_code"] == 2
-    assert "not a database" in data["reason"] and fakes.instances == []
+    assert data["decision"] == "error" and data["exit_code"] == 2 and fakes.instances == []
+    assert ("not a database" if kind == "corrupt registry" else "model.skops: Permission denied") in data["reason"]
 
 
 @pytest.mark.parametrize("broken", ["home is a file", "reports is a file", "latest is a folder", "run is a file"])

@@ -104,8 +104,12 @@ def _command(pid: int) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
-    words = [Path(argv[0].decode(errors="replace")).name, *(a.decode(errors="replace") for a in argv[1:3] if a)]
-    return " ".join(words)
+    words = [a.decode(errors="replace") for a in argv if a]
+    if not words:
+        return "?"
+    name = Path(words[0]).name
+    # "python -m serving.server" says what it is; a binary's flags (paths) only make the line long.
+    return " ".join([name, *words[1:3]]) if len(words) > 2 and words[1] == "-m" else name
 
 
 def _listening_ports(pids: Iterable[int]) -> dict[int, tuple[int, ...]]:
@@ -353,6 +357,14 @@ class RunScope:
         """The run's processes running now."""
         return processes_of_run(self.run_id, with_ports=with_ports)
 
+    def terminate(self) -> list[ChildProcess]:
+        """SIGTERM to every process of the run at once, without waiting: servers shut down in parallel, and
+        whoever stops them one by one afterwards (the rig) only waits for the slowest."""
+        children = self.children(with_ports=False)
+        for child in children:
+            _signal(child, signal.SIGTERM)
+        return children
+
     def __exit__(self, *exc: object) -> None:
         try:
             leftovers = self.children()
@@ -385,7 +397,8 @@ class RunScope:
         if watchdog is None:
             return
         assert watchdog.stdin is not None
-        watchdog.stdin.close()  # its cue: the run folder is gone, so it has nothing to do
+        with contextlib.suppress(OSError):  # a watchdog that died early has closed its end already
+            watchdog.stdin.close()  # its cue: the run folder is gone, so it has nothing to do
         try:
             watchdog.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -210,7 +210,7 @@ class _Run:
         except OSError as error:  # a full disk must not stop the rollout; the final report says the rest
             _log(f"could not save progress to {self.folder}: {error.strerror or error}")
 
-    def attempt(self, signals: StopSignals) -> Ending:
+    def attempt(self, signals: StopSignals, scope: RunScope) -> Ending:
         """The work, interruptible; then the rig stopped (not interruptible). Never raises."""
         error: BaseException | None = None
         try:
@@ -224,6 +224,7 @@ class _Run:
         if self.outcome is None and self.rig is not None:
             _log(f"{ending.decision}: stopping the servers and Prometheus")
         try:
+            scope.terminate()  # all at once: the rig then waits for each, as long as the slowest takes
             self.stop_rig()
         except Exception as failure:  # RunScope stops whatever this leaves running
             _log(f"stopping the rig: {type(failure).__name__}: {failure}")
@@ -345,7 +346,7 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
             except OSError as error:
                 ending = Ending("error", f"cannot track the run's processes: {error}", EXIT_LOCAL_STATE, str(error))
             else:
-                ending = run.attempt(signals)
+                ending = run.attempt(signals, scope)
         # The scope is left: every process of the run is stopped. Signals now are noted, never raised.
         try:
             data = run.write_report(ending, scope.stopped, signals.received)

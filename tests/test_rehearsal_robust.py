@@ -273,13 +273,13 @@ def test_a_second_signal_while_stopping_does_not_cut_the_stop_or_the_report_shor
     assert_nothing_left(home, data, fakes.instances[-1])
 
 
-def test_processes_the_rig_leaves_running_are_stopped_and_reported(fakes, tmp_path):
+@pytest.mark.parametrize("point", ["none", "step2"])
+def test_processes_the_rig_forgets_to_stop_are_stopped_all_the_same(fakes, tmp_path, point):
     home = tmp_path / "home"
     fakes.leak = True
+    fakes.script = Script(**({point: signal.SIGTERM} if point != "none" else {}))
     data = rehearse(config(), options(home))
-    rig = fakes.instances[-1]
-    assert sorted(c["pid"] for c in data["children_left_running"]) == sorted(rig.started_pids)
-    assert_nothing_left(home, data, rig)
+    assert_nothing_left(home, data, fakes.instances[-1])
 
 
 def test_prometheus_gone_mid_analysis_is_an_error_with_a_report_never_a_promotion(fakes, tmp_path):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from fraudctl.errors import UsageError
 
 # Modules that contribute subcommands; each defines register(commands, bench).
-COMMAND_MODULES = ("infra.cli", "model.cli", "serving.cli", "rehearsal.cli", "ops.cli", "ops.replay")
+COMMAND_MODULES = ("infra.cli", "model.cli", "serving.cli", "rehearsal.cli", "ops.cli", "ops.replay", "rollout.cli")
 __all__ = ["UsageError", "build_parser", "main"]
 
 

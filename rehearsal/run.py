@@ -22,12 +22,14 @@ from typing import Any
 
 from fraudctl.errors import UsageError
 from infra.config import StackConfig
-from rehearsal.engine import FaultPlan, RolloutEngine, RolloutOutcome, StepRecord
+from ops.decision_service import ReplayParameters
+from ops.replay import holdout_from_rows
+from rehearsal.engine import FaultPlan, RehearsalPlan, RolloutEngine, RolloutOutcome, StepRecord, plan_rehearsal
 from rehearsal.processes import Interrupted, RunScope, StopSignals, reap_abandoned_runs
 from rehearsal.prometheus import PrometheusError, PrometheusUnavailable
 from rehearsal.report import check_report_base, new_run_folder, point_latest, record, write_record, write_report
 from rehearsal.rig import LocalRig, RigModels
-from rehearsal.traffic import LabelledTraffic
+from rehearsal.traffic import ProductionTraffic
 from rollout import analysis
 from serving.process import ServerStartError
 
@@ -109,8 +111,11 @@ def check_local_state(home: Path, reports: Path) -> None:
 class _Run:
     """One rehearsal: what it has done so far, so that any ending can report it."""
 
-    def __init__(self, config: StackConfig, options: RehearsalOptions, home: Path, folder: Path) -> None:
+    def __init__(
+        self, config: StackConfig, options: RehearsalOptions, home: Path, folder: Path, planned: RehearsalPlan
+    ) -> None:
         self.config = config
+        self.planned = planned
         self.home = home
         self.options = options
         self.folder = folder
@@ -121,7 +126,7 @@ class _Run:
         self.interval = options.interval_seconds or min(float(config.analysis.interval_seconds), 10.0)
         self.steps: list[StepRecord] = []
         self.prepared: Any = None
-        self.traffic: LabelledTraffic | None = None
+        self.traffic: ProductionTraffic | None = None
         self.rig: LocalRig | None = None
         self.outcome: RolloutOutcome | None = None
         self.stopped_during: str | None = None  # the phase the work was in when it ended without a decision
@@ -145,12 +150,8 @@ class _Run:
                 f"the offline gate rejected {config.model.candidate_version}, so it would never be rolled out; "
                 "fix the model or rehearse anyway with --ignore-gate"
             )
-        self.traffic = LabelledTraffic(
-            self.prepared.feature_names,
-            self.prepared.holdout_rows,
-            self.prepared.holdout_labels,
-            model_name=config.model.name,
-            fraud_share=options.fraud_share,
+        self.traffic = ProductionTraffic(
+            self.prepared.feature_names, self.prepared.holdout_rows, model_name=config.model.name
         )
         self.rig = LocalRig(
             models=RigModels(
@@ -162,6 +163,7 @@ class _Run:
             ),
             settings=config.analysis,
             traffic=self.traffic,
+            strategy=config.strategy,
             fault_mode=options.fault,
             scrape_interval=options.scrape_interval,
             log=_log,
@@ -180,10 +182,23 @@ class _Run:
             f"threshold {config.analysis.threshold}, steps {list(config.analysis.step_weights)}"
         )
         fault = FaultPlan(options.fault, options.at_step) if options.fault else None
-        engine = RolloutEngine(
-            config.analysis, self.rig, interval_seconds=self.interval, fault=fault, progress=self._progress
+        holdout = holdout_from_rows(
+            self.prepared.feature_names,
+            self.prepared.holdout_rows,
+            self.prepared.holdout_labels,
+            fraud_share=options.fraud_share,
         )
-        self.analysis_started = time.time()
+        replay = ReplayParameters(
+            model=config.model.name,
+            transactions=self.planned.pairs_per_interval,
+            timeout_seconds=0.75 * self.interval,
+        )
+        decisions = self.rig.decisions(holdout, replay, interval_seconds=self.interval)
+        engine = RolloutEngine(
+            config.analysis, self.rig, decisions, interval_seconds=self.interval, looks=config.analysis.horizon,
+            fault=fault, progress=self._progress, revision=f"{config.model.candidate_version}-rehearsal",
+        )  # fmt: skip
+        self.analysis_started = self.rig.now()  # the engine's clock: step times are relative to it
         self.outcome = engine.run(config.strategy)
 
     def _enter(self, phase: str) -> None:
@@ -195,7 +210,13 @@ class _Run:
         checks = " | ".join(c.describe() for c in step.checks)
         fault = " [fault active]" if step.fault_active else ""
         where = f"step {step.index} ({step.phase}, weight {step.weight}%){fault}"
-        _log(f"{where}: {checks} -> failed checks {step.failed_checks}")
+        # A pass says little more than "pass"; anything else says why.
+        verdict = step.verdict or "no verdict"
+        if step.reason and step.verdict != "pass":
+            verdict += f": {step.reason}"
+        _log(
+            f"{where}: {verdict}{' | ' + checks if checks else ''} -> {step.action}, failed checks {step.failed_checks}"
+        )
         self.save_progress()
 
     def save_progress(self) -> None:
@@ -285,6 +306,11 @@ class _Run:
             "signal": signal.Signals(signals[0]).name if signals else None,
             "children_left_running": [child.to_json() for child in stopped],
             "exit_code": ending.exit_code,
+            "decision_reason": outcome.reason,
+            "primary_healthy": outcome.primary_healthy,
+            "bad_answers_after_switch": outcome.bad_answers_after_switch,
+            "plan": self.planned.plan.to_json(),
+            "decisions": outcome.decision_log(),
         }
         return record(outcome, self.traffic.tally if self.traffic is not None else None, extra)
 
@@ -313,7 +339,7 @@ class _Run:
         seen = len(signals)
         ending = self._signalled(ending, signals)
         data = self.data(ending, stopped=stopped, signals=signals)
-        thresholds = {check.name: check.threshold for check in analysis.rollout_checks(self.config.analysis)}
+        thresholds = {check.name: check.threshold for check in analysis.analysis_checks(self.config.analysis)}
         written = write_report(self.outcome or self._partial(ending), data, thresholds, self.folder, log=_log)
         if ending.detail:
             (self.folder / "error.log").write_text(ending.detail)
@@ -334,10 +360,14 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
 
     home = fraud_home(options.home)
     base = Path(options.report_dir) if options.report_dir else reports_dir(home) / "rehearsal"
+    # The plan first: a configuration that cannot decide at this interval is refused before anything starts.
+    interval = options.interval_seconds or min(float(config.analysis.interval_seconds), 10.0)
+    planned = plan_rehearsal(config.analysis, interval)
+    _log(planned.note)
     with StopSignals(_log) as signals:
         check_local_state(home, base)
         reap_abandoned_runs(home, log=_log)
-        run = _Run(config, options, home, new_run_folder(base, config.strategy, options.fault))
+        run = _Run(config, options, home, new_run_folder(base, config.strategy, options.fault), planned)
         run.save_progress()  # from the first moment on, the folder says what this run is and how far it got
         scope = RunScope(home, run.run_id, run.folder, log=_log)
         with contextlib.ExitStack() as lifetime:

@@ -1,19 +1,22 @@
-"""Labelled holdout traffic, split between two model servers by weight, with feedback posted back.
+"""Production traffic of the rehearsal: unlabelled requests at a steady rate, split between the stable and the
+candidate by the rollout's weight, from a background thread while the engine walks the rollout.
 
-Feedback for each prediction goes to a server chosen at random, not necessarily the one that answered,
-as behind a Kubernetes Service with several replicas; the signed prediction id carries the version.
+Labels do not come with production traffic (they arrive days later); the labelled evidence is the decision
+service's paired replay (ops/replay.py). What production traffic shows is the system side (success rate,
+latency in Prometheus) and the user impact: every answer a faulty candidate gave is counted.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
-from serving.client import build_feedback, build_infer_request, infer_path, parse_infer_response
+from serving.client import build_infer_request, infer_path
 
 
 @dataclass
@@ -31,101 +34,96 @@ class TrafficTally:
     failed: dict[str, int] = field(default_factory=dict)
     served: dict[str, int] = field(default_factory=dict)
     answered_while_faulty: int = 0  # production requests a faulty candidate answered (user impact)
-    replayed_to_faulty: int = 0  # labelled replay a faulty candidate answered (the load tester's)
-    feedback_posted: int = 0
+    replayed_to_faulty: int = 0  # labelled replay a faulty candidate answered (the decision service's)
+    feedback_posted: int = 0  # labels the replay posted (both sides)
     feedback_rejected: int = 0
 
     def add_failure(self, version: str) -> None:
         self.failed[version] = self.failed.get(version, 0) + 1
 
 
-class LabelledTraffic:
-    """Replays holdout rows (features, label) with a chosen share of frauds, deterministically seeded."""
+class ProductionTraffic:
+    """Requests at ``rate`` per second, each to the candidate with probability weight/100, else the stable."""
 
     def __init__(
         self,
         feature_names: Sequence[str],
         rows: Sequence[Sequence[float]],
-        labels: Sequence[int],
         *,
         model_name: str,
-        fraud_share: float = 0.2,
+        rate: float = 10.0,
         seed: int = 7,
     ) -> None:
         if not rows:
-            raise ValueError("no holdout rows to replay")
+            raise ValueError("no holdout rows to send")
+        if not rate > 0:
+            raise ValueError(f"rate: must be positive, got {rate!r}")
         self.feature_names = list(feature_names)
+        self.rows = rows
         self.model_name = model_name
-        self._frauds = [i for i, y in enumerate(labels) if y == 1]
-        self._legit = [i for i, y in enumerate(labels) if y == 0]
-        if not self._frauds or not self._legit:
-            raise ValueError("the holdout needs both frauds and legitimate transactions")
-        self.rows, self.labels = rows, labels
-        self.fraud_share = fraud_share
-        self._rng = random.Random(seed)
-        self._client = httpx.Client(timeout=5.0)
+        self.rate = rate
         self.tally = TrafficTally()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._weight = 0
+        self._stable: Backend | None = None
+        self._candidate: Backend | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client = httpx.Client(timeout=5.0)
 
-    def _next_row(self) -> int:
-        pool = self._frauds if self._rng.random() < self.fraud_share else self._legit
-        return pool[self._rng.randrange(len(pool))]
+    def route(self, stable: Backend, candidate: Backend) -> None:
+        """Where requests go from now on (a new candidate process after a fault, for instance)."""
+        with self._lock:
+            self._stable, self._candidate = stable, candidate
 
-    def run(
-        self,
-        seconds: float,
-        routes: Sequence[tuple[Backend, float]],
-        feedback_to: Sequence[Backend],
-        *,
-        replay_to: Backend | None = None,
-    ) -> None:
-        """Send requests for ``seconds``: production traffic drawn by weight (weights sum to 100) and, with
-        ``replay_to``, as much labelled replay sent straight to that backend, as Flagger's load tester
-        webhook does to the canary so that a 5% step still gets enough labelled frauds to judge."""
-        deadline = time.monotonic() + seconds
-        backends = [b for b, _ in routes]
-        weights = [w for _, w in routes]
-        while time.monotonic() < deadline:
-            backend = self._rng.choices(backends, weights=weights)[0]
-            self._send(backend, self._next_row(), feedback_to)
-            if replay_to is not None:
-                self._send(replay_to, self._next_row(), feedback_to, replay=True)
+    def set_weight(self, candidate_weight: int) -> None:
+        if not 0 <= candidate_weight <= 100:
+            raise ValueError(f"candidate_weight: must be in [0, 100], got {candidate_weight}")
+        with self._lock:
+            self._weight = candidate_weight
 
-    def _send(self, backend: Backend, index: int, feedback_to: Sequence[Backend], *, replay: bool = False) -> None:
-        self.tally.requests += 1
+    def start(self) -> ProductionTraffic:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="production-traffic", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._client.close()
+
+    def _run(self) -> None:
+        period = 1.0 / self.rate
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                stable, candidate, weight = self._stable, self._candidate, self._weight
+            if stable is not None and candidate is not None:
+                backend = candidate if self._rng.random() * 100 < weight else stable
+                self._send(backend, self.rows[self._rng.randrange(len(self.rows))])
+            next_at += period
+            # Behind schedule (a slow answer): skip the missed slots rather than burst to catch up.
+            next_at = max(next_at, time.monotonic())
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _send(self, backend: Backend, row: Sequence[float]) -> None:
+        tally = self.tally
+        tally.requests += 1
         if backend.faulty:
-            if replay:
-                self.tally.replayed_to_faulty += 1
-            else:
-                self.tally.answered_while_faulty += 1
+            tally.answered_while_faulty += 1
         try:
             response = self._client.post(
                 backend.url + infer_path(self.model_name),
-                json=build_infer_request(
-                    [dict(zip(self.feature_names, self.rows[index], strict=True))], self.feature_names
-                ),
+                json=build_infer_request([dict(zip(self.feature_names, row, strict=True))], self.feature_names),
             )
         except httpx.HTTPError:
-            self.tally.add_failure(backend.version)
+            tally.add_failure(backend.version)
             return
-        if response.status_code >= 500:
-            self.tally.add_failure(backend.version)
+        if response.status_code >= 400:
+            tally.add_failure(backend.version)
             return
-        if response.status_code != 200:
-            raise RuntimeError(f"{backend.version} refused a replayed request: {response.status_code} {response.text}")
-        self.tally.served[backend.version] = self.tally.served.get(backend.version, 0) + 1
-        (prediction,) = parse_infer_response(response.json()).rows
-        target = self._rng.choice(list(feedback_to))
-        try:
-            fb = self._client.post(
-                f"{target.url}/feedback", json=build_feedback(prediction.prediction_id, int(self.labels[index]))
-            )
-        except httpx.HTTPError:
-            self.tally.feedback_rejected += 1
-            return
-        if fb.status_code == 200:
-            self.tally.feedback_posted += 1
-        else:
-            self.tally.feedback_rejected += 1
-
-    def close(self) -> None:
-        self._client.close()
+        tally.served[backend.version] = tally.served.get(backend.version, 0) + 1

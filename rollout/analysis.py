@@ -1,55 +1,130 @@
-"""The rollout analysis, defined once: which checks gate a candidate model, their PromQL and thresholds.
+"""The rollout analysis, defined once: which checks gate a candidate, how they pick its pods, and how the
+controllers reach the decision service.
 
-Flagger (MetricTemplates + Canary metrics), Argo Rollouts (AnalysisTemplate) and the local rehearsal all
-render their queries from :func:`analysis_checks`, so the three cannot drift apart. A check's query is a
-template with two placeholders, filled by whoever runs it:
+Two kinds of evidence judge a candidate:
 
-* ``${selector}``: label matchers picking the candidate's series. Flagger: :data:`FLAGGER_SELECTOR`
-  (``{{ namespace }}`` and ``{{ variables.candidate_version }}``, filled by Flagger's Go templates);
-  Argo Rollouts: :data:`ARGO_SELECTOR` (``{{args.candidate_version}}``); the rehearsal:
-  ``candidate_selector("v2")`` = ``model_version="v2"``.
-* ``${window}``: the range the rates look back over. Flagger: ``{{ interval }}`` (the metric's
-  ``interval``); everyone else the check's own window as a Prometheus duration.
+* **Model quality** is decided by the decision service (``ops/decision_service.py``): it replays labelled
+  holdout transactions to the stable AND the candidate and runs the sequential paired analysis of
+  ``rollout/decision.py`` on them. Flagger asks it through webhooks, Argo Rollouts through a ``web`` metric;
+  the contract (paths, verdict field, Argo conditions) is at the bottom of this module.
+* **System health** is PromQL on the runtime's own metrics: the candidate's success rate and p99 latency
+  (:func:`analysis_checks`, run by every controller as metric checks) and the primary's success rate
+  (:func:`primary_health_check`, read by the decision service: a failing primary halts the rollout).
 
-No data is a failed check, never a pass. Each query ends in ``or on() vector(<sentinel>)`` where the
-sentinel fails the threshold (-1 below every ``min``, +Inf above every ``max``), ratios divide by a
-denominator filtered with ``> 0`` (no traffic gives an empty result, not 0/0), and NaN is dropped with
-``>= 0``. Precision and recall are gated on the Wilson score lower bound (one-sided, at
-``analysis.confidence``) of the candidate's labelled feedback, and only count once at least
-``analysis.minLabelledFrauds`` labelled frauds arrived in the window, so a few lucky answers cannot
-promote a model.
+A check's query is a template with two placeholders filled by whoever runs it: ``${selector}`` (label
+matchers picking one side's pods) and ``${window}`` (the range rates look back over).
 
-Metric names come from :mod:`serving.metrics`, the runtime that exports them.
+**Pods are picked by identity, never by version label** (issue 10 #4: a retrain proposed under the same
+``model_version``, or the fault drill after a promotion, would blend primary and candidate). The
+ServiceMonitor copies two pod labels onto every series (``podTargetLabels``; prometheus-operator turns
+``app.kubernetes.io/name`` into ``app_kubernetes_io_name``, any character outside ``[a-zA-Z0-9_]`` becoming
+``_``):
+
+* Flagger copies the target Deployment to ``<target>-primary`` and renames its selector label's value to
+  ``<target>-primary`` on the primary's pods (``makePrimaryLabels`` in fluxcd/flagger v1.40.0
+  ``pkg/canary/util.go``, called from ``pkg/canary/deployment_controller.go``; the selector label is the
+  first of ``-selector-labels``, default ``app,name,app.kubernetes.io/name``, found in the Deployment's
+  selector, ``cmd/flagger/main.go``). Our Deployment selects on ``app.kubernetes.io/name`` only, so the
+  canary's pods carry ``fraud-detector`` and the primary's ``fraud-detector-primary``; MetricTemplates get
+  the target's name as ``{{ target }}`` (``MetricTemplateModel.TemplateFunctions``,
+  ``pkg/apis/flagger/v1beta1/metric.go``).
+* Argo Rollouts labels each ReplicaSet's pods with ``rollouts-pod-template-hash``; an analysis argument
+  ``valueFrom.podTemplateHashValue: Latest`` is the new ReplicaSet's hash and ``Stable`` the stable one's
+  (``BuildArgumentsForRolloutAnalysisRun``, argoproj/argo-rollouts v1.7.2 ``utils/analysis/factory.go``).
+
+No data never passes: each query ends in ``or on() vector(<sentinel>)`` where the sentinel fails the
+threshold (-1 below every ``min``, +Inf above every ``max``), ratios divide by a denominator filtered with
+``> 0`` and NaN is dropped with ``>= 0``. Metric names come from :mod:`serving.metrics`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from string import Template
 from typing import Any
 
 from rollout.settings import AnalysisSettings
-from serving.metrics import FEEDBACK_TOTAL, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL, VERSION_LABEL
+from serving.metrics import REQUEST_DURATION_SECONDS, REQUESTS_TOTAL
 
 DIRECTIONS = ("min", "max")
-# Values a query returns when it has no (or not enough) data: outside every allowed range.
+# Values a query returns when it has no data: outside every allowed range.
 NO_DATA_MIN = -1.0
 NO_DATA_MAX = math.inf
-FLAGGER_SELECTOR = f'namespace="{{{{ namespace }}}}",{VERSION_LABEL}="{{{{ variables.candidate_version }}}}"'
+CANDIDATE, PRIMARY = "candidate", "primary"
+ROLES = (CANDIDATE, PRIMARY)
 FLAGGER_WINDOW = "{{ interval }}"
-ARGO_CANDIDATE_ARG = "candidate_version"
-ARGO_SELECTOR = f'namespace="{{{{args.namespace}}}}",{VERSION_LABEL}="{{{{args.{ARGO_CANDIDATE_ARG}}}}}"'
-FLAGGER_VARIABLE = "candidate_version"
 _PLACEHOLDERS = ("selector", "window")
 _METRIC_NAME = re.compile(r"\b(fraud_[a-z_]+)\b")
+_NOT_A_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def series_label(pod_label: str) -> str:
+    """The Prometheus label a pod label becomes through ServiceMonitor ``podTargetLabels``."""
+    return _NOT_A_LABEL_CHAR.sub("_", pod_label)
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    """How one controller tells the candidate's pods from the primary's in Prometheus series.
+
+    ``candidate`` / ``primary`` / ``namespace`` are ``str.format`` templates over the controller's own
+    placeholders (:meth:`selector` without values) or concrete values (the rehearsal, the tests).
+    """
+
+    controller: str
+    pod_label: str
+    candidate: str
+    primary: str
+    namespace: str
+    placeholders: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return series_label(self.pod_label)
+
+    def value(self, role: str, **values: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
+        filled = {**dict(self.placeholders), **values}
+        return (self.candidate if role == CANDIDATE else self.primary).format(**filled)
+
+    def selector(self, role: str, **values: str) -> str:
+        """Label matchers for one side; placeholders stay for the controller to fill unless given."""
+        namespace = self.namespace.format(**{**dict(self.placeholders), **values})
+        return f'namespace="{_escape(namespace)}",{self.label}="{_escape(self.value(role, **values))}"'
+
+
+FLAGGER = PodIdentity(
+    controller="flagger",
+    pod_label="app.kubernetes.io/name",
+    candidate="{target}",
+    primary="{target}-primary",
+    namespace="{namespace}",
+    placeholders=(("target", "{{ target }}"), ("namespace", "{{ namespace }}")),
+)
+ARGO_CANDIDATE_ARG, ARGO_STABLE_ARG = "candidate_hash", "stable_hash"
+ARGO = PodIdentity(
+    controller="argo",
+    pod_label="rollouts-pod-template-hash",
+    candidate="{candidate_hash}",
+    primary="{stable_hash}",
+    namespace="{namespace}",
+    placeholders=(
+        ("candidate_hash", f"{{{{args.{ARGO_CANDIDATE_ARG}}}}}"),
+        ("stable_hash", f"{{{{args.{ARGO_STABLE_ARG}}}}}"),
+        ("namespace", "{{args.namespace}}"),
+    ),
+)
+# What the ServiceMonitor must carry onto every series for both controllers' selectors.
+POD_TARGET_LABELS = (FLAGGER.pod_label, ARGO.pod_label)
 
 
 @dataclass(frozen=True)
 class AnalysisCheck:
-    """One gate on the candidate: ``query_template`` must return a value within ``threshold``.
+    """One system gate: ``query_template`` must return a value within ``threshold``.
 
     ``direction`` "min": pass when value >= threshold; "max": pass when value <= threshold.
     ``window_seconds``: how far back the query looks when the engine does not choose (Flagger uses
@@ -107,28 +182,6 @@ def prometheus_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def candidate_selector(version: str, **labels: str) -> str:
-    """Concrete matchers for one version, e.g. ``model_version="v2"`` (the rehearsal's selector)."""
-    matchers = {**labels, VERSION_LABEL: version}
-    return ",".join(f'{name}="{_escape(value)}"' for name, value in matchers.items())
-
-
-def z_score(confidence: float) -> float:
-    """One-sided normal quantile: the lower bound holds with probability ``confidence``."""
-    if not 0.5 <= confidence < 1.0:
-        raise ValueError(f"confidence: {confidence!r} must be in [0.5, 1)")
-    return NormalDist().inv_cdf(confidence)
-
-
-def wilson_lower_bound(successes: float, trials: float, confidence: float) -> float:
-    """Wilson score interval lower bound, the same formula the PromQL computes (NaN when trials is 0)."""
-    if trials <= 0:
-        return math.nan
-    z = z_score(confidence)
-    failures = trials - successes
-    return (successes + z * z / 2 - z * math.sqrt(successes * failures / trials + z * z / 4)) / (trials + z * z)
-
-
 def _number(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
@@ -139,51 +192,29 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _increase(outcomes: str) -> str:
-    return f'sum(increase({FEEDBACK_TOTAL}{{${{selector}},outcome=~"{outcomes}"}}[${{window}}]))'
-
-
-def _wilson_promql(successes: str, failures: str, trials: str, z: float) -> str:
-    # Wilson lower bound with p = s/n multiplied through by n: (s + z²/2 - z·sqrt(s·f/n + z²/4)) / (n + z²).
-    z2 = z * z
-    return (
-        f"({successes} + {z2 / 2:.6f} - {z:.6f} * sqrt({successes} * {failures} / {trials} + {z2 / 4:.6f}))"
-        f" / ({trials} + {z2:.6f})"
+def _success_rate_check(settings: AnalysisSettings, name: str, whose: str) -> AnalysisCheck:
+    all_requests = f"sum(rate({REQUESTS_TOTAL}{{${{selector}}}}[${{window}}]))"
+    ok_requests = f'sum(rate({REQUESTS_TOTAL}{{${{selector}},code!~"5.."}}[${{window}}]))'
+    return AnalysisCheck(
+        name=name,
+        query_template=f"((100 * {ok_requests} / ({all_requests} > 0)) >= 0) or on() vector({_number(NO_DATA_MIN)})",
+        threshold=settings.min_success_rate,
+        direction="min",
+        description=f"Share of the {whose}'s inference requests not answered with a 5xx, percent.",
+        unit="percent",
+        window_seconds=settings.interval_seconds,
+        metrics=(REQUESTS_TOTAL,),
     )
 
 
-def _gated_min(value: str, guard: str) -> str:
-    """``value`` when it is a number and ``guard`` holds, else the failing sentinel."""
-    return f"(({value}) >= 0 and on() ({guard})) or on() vector({_number(NO_DATA_MIN)})"
-
-
 def analysis_checks(settings: AnalysisSettings) -> list[AnalysisCheck]:
-    """The checks every engine runs, in a fixed order, from the stack's analysis settings."""
-    z = z_score(settings.confidence)
-    request_window = settings.interval_seconds
-    feedback_window = settings.feedback_window_seconds
-    tp, fp, fn = _increase("tp"), _increase("fp"), _increase("fn")
-    flagged, frauds = _increase("tp|fp"), _increase("tp|fn")
-    enough_frauds = f"{frauds} >= {settings.min_labelled_frauds}"
-    all_requests = f"sum(rate({REQUESTS_TOTAL}{{${{selector}}}}[${{window}}]))"
-    ok_requests = f'sum(rate({REQUESTS_TOTAL}{{${{selector}},code!~"5.."}}[${{window}}]))'
+    """The candidate's system checks every controller runs, in a fixed order."""
     p99 = (
         f"1000 * histogram_quantile(0.99, sum by (le) "
         f"(rate({REQUEST_DURATION_SECONDS}_bucket{{${{selector}}}}[${{window}}])))"
     )
-    checks = [
-        AnalysisCheck(
-            name="success-rate",
-            query_template=(
-                f"((100 * {ok_requests} / ({all_requests} > 0)) >= 0) or on() vector({_number(NO_DATA_MIN)})"
-            ),
-            threshold=settings.min_success_rate,
-            direction="min",
-            description="Share of the candidate's inference requests not answered with a 5xx, percent.",
-            unit="percent",
-            window_seconds=request_window,
-            metrics=(REQUESTS_TOTAL,),
-        ),
+    return [
+        _success_rate_check(settings, "success-rate", "candidate"),
         AnalysisCheck(
             name="latency-p99",
             query_template=f"(({p99}) >= 0) or on() vector({_number(NO_DATA_MAX)})",
@@ -191,37 +222,15 @@ def analysis_checks(settings: AnalysisSettings) -> list[AnalysisCheck]:
             direction="max",
             description="99th percentile of the candidate's inference latency, milliseconds.",
             unit="ms",
-            window_seconds=request_window,
+            window_seconds=settings.interval_seconds,
             metrics=(f"{REQUEST_DURATION_SECONDS}_bucket",),
         ),
-        AnalysisCheck(
-            name="precision",
-            query_template=_gated_min(_wilson_promql(tp, fp, flagged, z), enough_frauds),
-            threshold=settings.min_precision,
-            direction="min",
-            description=(
-                f"Wilson lower bound ({settings.confidence:g}, one-sided) of the candidate's precision on labelled "
-                f"feedback; needs {settings.min_labelled_frauds} labelled frauds in the window."
-            ),
-            unit="ratio",
-            window_seconds=feedback_window,
-            metrics=(FEEDBACK_TOTAL,),
-        ),
-        AnalysisCheck(
-            name="recall",
-            query_template=_gated_min(_wilson_promql(tp, fn, frauds, z), enough_frauds),
-            threshold=settings.min_recall,
-            direction="min",
-            description=(
-                f"Wilson lower bound ({settings.confidence:g}, one-sided) of the candidate's recall on labelled "
-                f"feedback; needs {settings.min_labelled_frauds} labelled frauds in the window."
-            ),
-            unit="ratio",
-            window_seconds=feedback_window,
-            metrics=(FEEDBACK_TOTAL,),
-        ),
     ]
-    return checks
+
+
+def primary_health_check(settings: AnalysisSettings) -> AnalysisCheck:
+    """The primary's success rate, read by the decision service (a failing primary halts, never rolls back)."""
+    return _success_rate_check(settings, "primary-success-rate", "primary")
 
 
 def render_query(check: AnalysisCheck, selector: str, window: str | None = None) -> str:
@@ -229,25 +238,16 @@ def render_query(check: AnalysisCheck, selector: str, window: str | None = None)
     return Template(check.query_template).substitute(selector=selector, window=window or check.window)
 
 
-def concrete_queries(settings: AnalysisSettings, version: str, **labels: str) -> dict[str, str]:
-    """Check name -> runnable PromQL for one candidate version (what the rehearsal evaluates)."""
-    selector = candidate_selector(version, **labels)
-    return {check.name: render_query(check, selector) for check in analysis_checks(settings)}
+def concrete_query(
+    check: AnalysisCheck, identity: PodIdentity, role: str, *, window_seconds: float | None = None, **values: str
+) -> str:
+    """Runnable PromQL of one check for one side, e.g. the rehearsal's against a local Prometheus.
 
-
-def rollout_checks(settings: AnalysisSettings) -> list[AnalysisCheck]:
-    """Same as :func:`analysis_checks` (the name the rehearsal uses)."""
-    return analysis_checks(settings)
-
-
-def concrete_query(check: AnalysisCheck, *, version: str, window_seconds: float | None = None, **labels: str) -> str:
-    """Runnable PromQL of one check for one version, e.g. for the rehearsal against a local Prometheus.
-
-    ``window_seconds`` overrides the check's own window (a rehearsal compresses time); ``labels`` add
-    matchers (e.g. ``namespace="fraud"``).
+    ``values`` fill the identity's placeholders (Flagger: ``target``, ``namespace``; Argo:
+    ``candidate_hash``, ``stable_hash``, ``namespace``); ``window_seconds`` overrides the check's window.
     """
     window = prometheus_duration(window_seconds) if window_seconds is not None else None
-    return render_query(check, candidate_selector(version, **labels), window)
+    return render_query(check, identity.selector(role, **values), window)
 
 
 def passes(check: AnalysisCheck, value: float | None) -> bool:
@@ -271,7 +271,7 @@ def flagger_template_name(check: AnalysisCheck) -> str:
 def flagger_metric_templates(
     settings: AnalysisSettings, namespace: str, prometheus_url: str, labels: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """One Flagger MetricTemplate per check."""
+    """One Flagger MetricTemplate per system check, selecting the canary's pods (``{{ target }}``)."""
     return [
         {
             "apiVersion": "flagger.app/v1beta1",
@@ -284,20 +284,19 @@ def flagger_metric_templates(
             },
             "spec": {
                 "provider": {"type": "prometheus", "address": prometheus_url},
-                "query": render_query(check, FLAGGER_SELECTOR, FLAGGER_WINDOW),
+                "query": render_query(check, FLAGGER.selector(CANDIDATE), FLAGGER_WINDOW),
             },
         }
         for check in analysis_checks(settings)
     ]
 
 
-def flagger_canary_metrics(settings: AnalysisSettings, namespace: str, candidate_version: str) -> list[dict[str, Any]]:
-    """``spec.analysis.metrics`` of the Canary: each check by template, threshold and window."""
+def flagger_canary_metrics(settings: AnalysisSettings, namespace: str) -> list[dict[str, Any]]:
+    """``spec.analysis.metrics`` of the Canary: each system check by template, threshold and window."""
     return [
         {
             "name": check.name,
             "templateRef": {"name": flagger_template_name(check), "namespace": namespace},
-            "templateVariables": {FLAGGER_VARIABLE: candidate_version},
             "thresholdRange": {check.direction: check.threshold},
             "interval": check.window,
         }
@@ -311,15 +310,30 @@ def flagger_canary_metrics(settings: AnalysisSettings, namespace: str, candidate
 ARGO_TEMPLATE = "fraud-analysis"
 
 
-def argo_measurements(settings: AnalysisSettings) -> tuple[int, int]:
-    """(count, failureLimit) so an Argo run is as strict as Flagger's canary.
+def argo_measurements(settings: AnalysisSettings, looks: int) -> tuple[int, int]:
+    """(count, failureLimit) of the system checks in one Argo analysis run of ``looks`` intervals.
 
-    Flagger rolls back at ``threshold`` failed checks and needs one passing check per step weight;
-    Argo fails a metric when failures exceed failureLimit, so it may fail ``threshold - 1`` times and
-    measures often enough that the remaining measurements are at least one per step weight.
+    Flagger rolls back at ``threshold`` failed checks, so Argo may fail ``threshold - 1`` times; the run
+    measures once per interval for as long as the decision metric does.
     """
-    failure_limit = settings.threshold - 1
-    return len(settings.step_weights) + failure_limit, failure_limit
+    return looks, settings.threshold - 1
+
+
+def argo_hash_args(namespace: str) -> list[dict[str, Any]]:
+    """The analysis arguments naming both sides' pods (filled by the Rollout)."""
+    return [
+        {"name": ARGO_CANDIDATE_ARG},
+        {"name": ARGO_STABLE_ARG},
+        {"name": "namespace", "value": namespace},
+    ]
+
+
+def argo_rollout_hash_args() -> list[dict[str, Any]]:
+    """The Rollout's side of :func:`argo_hash_args`: the new and the stable ReplicaSet's pod-template hash."""
+    return [
+        {"name": ARGO_CANDIDATE_ARG, "valueFrom": {"podTemplateHashValue": "Latest"}},
+        {"name": ARGO_STABLE_ARG, "valueFrom": {"podTemplateHashValue": "Stable"}},
+    ]
 
 
 def argo_analysis_template(
@@ -328,13 +342,14 @@ def argo_analysis_template(
     prometheus_url: str,
     labels: dict[str, str],
     *,
+    looks: int,
     initial_delay: str | None = None,
 ) -> dict[str, Any]:
-    """The AnalysisTemplate used before and after promotion (args: candidate_version, namespace).
+    """The system-check AnalysisTemplate used before and after promotion, on the candidate's pods.
 
-    ``initial_delay`` holds the first measurement back, e.g. until the labelled replay has run once.
+    ``initial_delay`` holds the first measurement back, e.g. until traffic reached the new pods.
     """
-    count, failure_limit = argo_measurements(settings)
+    count, failure_limit = argo_measurements(settings, looks)
     metrics = []
     for check in analysis_checks(settings):
         metric: dict[str, Any] = {
@@ -344,7 +359,10 @@ def argo_analysis_template(
             "failureLimit": failure_limit,
             "successCondition": check.condition,
             "provider": {
-                "prometheus": {"address": prometheus_url, "query": render_query(check, ARGO_SELECTOR, check.window)}
+                "prometheus": {
+                    "address": prometheus_url,
+                    "query": render_query(check, ARGO.selector(CANDIDATE), check.window),
+                }
             },
         }
         if initial_delay:
@@ -354,8 +372,77 @@ def argo_analysis_template(
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
         "metadata": {"name": ARGO_TEMPLATE, "namespace": namespace, "labels": dict(labels)},
-        "spec": {
-            "args": [{"name": ARGO_CANDIDATE_ARG}, {"name": "namespace", "value": namespace}],
-            "metrics": metrics,
-        },
+        "spec": {"args": argo_hash_args(namespace), "metrics": metrics},
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decision service's contract (ops/decision_service.py serves it; docs/CONTRACTS.md describes it)
+
+# Flagger webhook of ours -> (its type, the decision service endpoint it calls).
+FLAGGER_HOOKS = {
+    "smoke": ("pre-rollout", "smoke"),
+    "warmup": ("pre-rollout", "replay"),
+    "rollout": ("rollout", "replay"),
+    "rollback": ("rollback", "rollback"),
+    "confirm-traffic-increase": ("confirm-traffic-increase", "confirm-traffic-increase"),
+    "confirm-promotion": ("confirm-promotion", "confirm-promotion"),
+}
+FLAGGER_ENDPOINTS = ("smoke", "replay", "rollback", "confirm-traffic-increase", "confirm-promotion")
+ARGO_PHASES = ("pre", "post")
+# Argo's web provider: a non-2xx answer is an Error measurement, never Failed (metricproviders/webmetric/
+# webmetric.go, Run), so the service always answers 200 with JSON and these conditions decide. With both
+# conditions set, failureCondition true is Failed, neither true is Inconclusive, else Successful
+# (utils/evaluate/evaluate.go, EvaluateResult). Not yet decided counts as a success (the run goes on;
+# the analysis is forced to pass or fail at its last look, so the last measurement is never undecided);
+# halt is neither: Inconclusive, which pauses the Rollout (rollout/analysis.go, setPauseOrAbort).
+ARGO_SUCCESS_VERDICTS = ("pass", "undecided")
+ARGO_FAILURE_VERDICTS = ("fail",)
+ARGO_VERDICT_JSON_PATH = "{$.verdict}"
+ARGO_SUCCESS_CONDITION = " || ".join(f'result == "{verdict}"' for verdict in ARGO_SUCCESS_VERDICTS)
+ARGO_FAILURE_CONDITION = " || ".join(f'result == "{verdict}"' for verdict in ARGO_FAILURE_VERDICTS)
+ARGO_SMOKE_JSON_PATH = "{$.ok}"
+ARGO_SMOKE_CONDITION = "result == true"
+
+
+def flagger_hook_path(endpoint: str) -> str:
+    if endpoint not in FLAGGER_ENDPOINTS:
+        raise ValueError(f"endpoint: must be one of {', '.join(FLAGGER_ENDPOINTS)}, got {endpoint!r}")
+    return f"/flagger/{endpoint}"
+
+
+ARGO_ENDPOINTS = ("smoke", "decision")
+
+
+def argo_path(endpoint: str) -> str:
+    if endpoint not in ARGO_ENDPOINTS:
+        raise ValueError(f"endpoint: must be one of {', '.join(ARGO_ENDPOINTS)}, got {endpoint!r}")
+    return f"/argo/{endpoint}"
+
+
+def argo_web_metric(
+    name: str,
+    url: str,
+    body: dict[str, Any],
+    *,
+    json_path: str,
+    success: str,
+    failure: str | None,
+    timeout_seconds: int,
+    **schedule: Any,
+) -> dict[str, Any]:
+    """An Argo ``web`` metric POSTing ``body`` (JSON, with ``{{args.*}}`` placeholders) to ``url``."""
+    metric: dict[str, Any] = {"name": name, **schedule, "successCondition": success}
+    if failure is not None:
+        metric["failureCondition"] = failure
+    metric["provider"] = {
+        "web": {
+            "url": url,
+            "method": "POST",
+            "headers": [{"key": "Content-Type", "value": "application/json"}],
+            "body": json.dumps(body, sort_keys=True),
+            "timeoutSeconds": timeout_seconds,
+            "jsonPath": json_path,
+        }
+    }
+    return metric

@@ -1,5 +1,6 @@
 """The shared rollout analysis: one definition rendered for Flagger, Argo Rollouts and the rehearsal, with
-PromQL that the real Prometheus tooling accepts and that never passes on missing data."""
+PromQL that the real Prometheus tooling accepts, that selects pods by identity (never by version label) and
+that never passes on missing data."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ from rollout import analysis
 from rollout.settings import AnalysisSettings
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-FLAGGER_VALUES = {"{{ namespace }}": "fraud", "{{ variables.candidate_version }}": "v2"}
-ARGO_VALUES = {"{{args.namespace}}": "fraud", "{{args.candidate_version}}": "v2"}
+FLAGGER_VALUES = {"{{ namespace }}": "fraud", "{{ target }}": "fraud-detector"}
+ARGO_VALUES = {
+    "{{args.namespace}}": "fraud",
+    "{{args.candidate_hash}}": "6d4f9c7b8",
+    "{{args.stable_hash}}": "5c8d7f6a1",
+}
 
 
 def settings(**changes: object) -> AnalysisSettings:
@@ -38,11 +43,11 @@ def test_flagger_and_argo_forms_are_the_same_checks_thresholds_and_promql(stack:
     a = load_stack(stack).analysis
     checks = analysis.analysis_checks(a)
     templates = analysis.flagger_metric_templates(a, "fraud", charts.PROMETHEUS_URL, {})
-    canary_metrics = analysis.flagger_canary_metrics(a, "fraud", "v2")
-    argo = analysis.argo_analysis_template(a, "fraud", charts.PROMETHEUS_URL, {})
+    canary_metrics = analysis.flagger_canary_metrics(a, "fraud")
+    argo = analysis.argo_analysis_template(a, "fraud", charts.PROMETHEUS_URL, {}, looks=a.horizon)
     argo_metrics = argo["spec"]["metrics"]
     assert [c.name for c in checks] == [m["name"] for m in canary_metrics] == [m["name"] for m in argo_metrics]
-    expected = analysis.concrete_queries(a, "v2", namespace="fraud")
+    assert [c.name for c in checks] == ["success-rate", "latency-p99"]  # model quality: the decision service
     for check, template, flagger_metric, argo_metric in zip(
         checks, templates, canary_metrics, argo_metrics, strict=True
     ):
@@ -53,66 +58,94 @@ def test_flagger_and_argo_forms_are_the_same_checks_thresholds_and_promql(stack:
             template["spec"]["query"].replace("{{ interval }}", flagger_metric["interval"]), FLAGGER_VALUES
         )
         argo_query = fill(argo_metric["provider"]["prometheus"]["query"], ARGO_VALUES)
-        assert flagger_query == argo_query == expected[check.name]
-        assert "{{" not in flagger_query
-    # Argo gets the candidate from args; the namespace arg defaults to where the template lives.
-    assert argo["spec"]["args"] == [{"name": "candidate_version"}, {"name": "namespace", "value": "fraud"}]
+        # The same PromQL; only the pod identity differs (the canary's name, the new ReplicaSet's hash).
+        flagger_expected = analysis.concrete_query(
+            check, analysis.FLAGGER, analysis.CANDIDATE, target="fraud-detector", namespace="fraud"
+        )
+        argo_expected = analysis.concrete_query(
+            check, analysis.ARGO, analysis.CANDIDATE, candidate_hash="6d4f9c7b8", stable_hash="5c8d7f6a1",
+            namespace="fraud",
+        )  # fmt: skip
+        assert flagger_query == flagger_expected and argo_query == argo_expected
+        assert flagger_query.replace('app_kubernetes_io_name="fraud-detector"', "X") == argo_query.replace(
+            'rollouts_pod_template_hash="6d4f9c7b8"', "X"
+        )
+        assert "{{" not in flagger_query and "{{" not in argo_query
+    assert argo["spec"]["args"] == [
+        {"name": "candidate_hash"},
+        {"name": "stable_hash"},
+        {"name": "namespace", "value": "fraud"},
+    ]
+    assert all(m["count"] == a.horizon and m["failureLimit"] == a.threshold - 1 for m in argo_metrics)
+
+
+def test_checks_select_the_candidates_pods_never_the_version_label() -> None:
+    """Issue 10 #4: with primary and canary under one model_version the gate read blended traffic."""
+    for check in analysis.analysis_checks(settings()):
+        for identity in (analysis.FLAGGER, analysis.ARGO):
+            query = analysis.render_query(check, identity.selector(analysis.CANDIDATE))
+            assert "model_version" not in query
+            assert f'{identity.label}="' in query
+    flagger_candidate = analysis.FLAGGER.selector(analysis.CANDIDATE)
+    flagger_primary = analysis.FLAGGER.selector(analysis.PRIMARY)
+    assert flagger_candidate == 'namespace="{{ namespace }}",app_kubernetes_io_name="{{ target }}"'
+    assert flagger_primary == 'namespace="{{ namespace }}",app_kubernetes_io_name="{{ target }}-primary"'
+    assert analysis.ARGO.selector(analysis.CANDIDATE).endswith('rollouts_pod_template_hash="{{args.candidate_hash}}"')
+    assert analysis.ARGO.selector(analysis.PRIMARY).endswith('rollouts_pod_template_hash="{{args.stable_hash}}"')
+    # The labels the selectors use are the pod labels the ServiceMonitor carries, as Prometheus names them.
+    assert analysis.POD_TARGET_LABELS == ("app.kubernetes.io/name", "rollouts-pod-template-hash")
+    assert [analysis.series_label(label) for label in analysis.POD_TARGET_LABELS] == [
+        analysis.FLAGGER.label,
+        analysis.ARGO.label,
+    ]
+    assert analysis.argo_rollout_hash_args() == [
+        {"name": "candidate_hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
+        {"name": "stable_hash", "valueFrom": {"podTemplateHashValue": "Stable"}},
+    ]
+    with pytest.raises(ValueError, match="role: must be one of candidate, primary"):
+        analysis.FLAGGER.selector("canary")
 
 
 def test_thresholds_and_windows_come_from_the_analysis_settings() -> None:
-    a = settings(minSuccessRate=99.5, maxLatencyP99Ms=80, minPrecision=0.9, minRecall=0.6, minLabelledFrauds=40,
-                 interval=30, feedbackWindow=900)  # fmt: skip
+    a = settings(minSuccessRate=99.5, maxLatencyP99Ms=80, interval=30)
     by_name = {c.name: c for c in analysis.analysis_checks(a)}
     assert {n: (c.threshold, c.direction) for n, c in by_name.items()} == {
         "success-rate": (99.5, "min"),
         "latency-p99": (80.0, "max"),
-        "precision": (0.9, "min"),
-        "recall": (0.6, "min"),
     }
-    assert by_name["success-rate"].window == "30s" and by_name["precision"].window == "15m"
-    assert ">= 40" in by_name["precision"].query_template and ">= 40" in by_name["recall"].query_template
+    assert by_name["success-rate"].window == "30s" and by_name["latency-p99"].window == "30s"
+    primary = analysis.primary_health_check(a)
+    assert primary.threshold == 99.5 and primary.direction == "min" and primary.window == "30s"
+    assert primary.query_template == by_name["success-rate"].query_template
 
 
 def test_no_data_sentinels_fail_every_threshold_even_permissive_ones() -> None:
-    # minPrecision 0 and minRecall 0 would let a 0 "no data" answer pass; the sentinel must still fail.
-    for a in (settings(), settings(minPrecision=0.0, minRecall=0.0, maxLatencyP99Ms=60000, minSuccessRate=50)):
-        for check in analysis.analysis_checks(a):
+    for a in (settings(), settings(maxLatencyP99Ms=60000, minSuccessRate=50)):
+        for check in [*analysis.analysis_checks(a), analysis.primary_health_check(a)]:
             assert check.query_template.endswith(f"or on() vector({analysis._number(check.no_data_value)})")
             assert not check.passes(check.no_data_value)
             assert not analysis.passes(check, None) and not analysis.passes(check, math.nan)
 
 
-def test_wilson_lower_bound_is_conservative_and_converges() -> None:
-    z95 = analysis.z_score(0.95)
-    assert z95 == pytest.approx(1.644854, abs=1e-6)
-    # The textbook form, which the PromQL's multiplied-through form must equal.
-    for successes, trials in ((9, 10), (45, 50), (3, 40), (500, 510)):
-        p, n = successes / trials, trials
-        textbook = (p + z95**2 / (2 * n) - z95 * math.sqrt(p * (1 - p) / n + z95**2 / (4 * n * n))) / (1 + z95**2 / n)
-        assert analysis.wilson_lower_bound(successes, trials, 0.95) == pytest.approx(textbook, rel=1e-12)
-    assert analysis.wilson_lower_bound(9, 10, 0.95) == pytest.approx(0.65228, abs=1e-5)
-    small, large = analysis.wilson_lower_bound(9, 10, 0.95), analysis.wilson_lower_bound(900, 1000, 0.95)
-    assert small < large < 0.9 and large > 0.88
-    assert analysis.wilson_lower_bound(0, 20, 0.95) == pytest.approx(0.0, abs=1e-12)
-    assert math.isnan(analysis.wilson_lower_bound(0, 0, 0.95))
-
-
-def test_argo_measurements_are_as_strict_as_flaggers_canary() -> None:
-    for weights, threshold in (([5, 10, 50], 3), ([10, 20, 40, 80], 1), ([50], 5)):
-        a = settings(stepWeights=weights, threshold=threshold)
-        count, failure_limit = analysis.argo_measurements(a)
-        assert failure_limit == threshold - 1  # Flagger rolls back at `threshold` failed checks
-        assert count - failure_limit == len(weights)  # and needs one passing check per step
-
-
-def test_rehearsal_api_gives_runnable_queries_for_a_version_and_window() -> None:
-    a = settings()
-    checks = analysis.rollout_checks(a)
-    query = analysis.concrete_query(checks[2], version="v7", window_seconds=10)
-    assert 'model_version="v7"' in query and "[10s]" in query and "${" not in query
-    assert "[2500ms]" in analysis.concrete_query(checks[0], version="v7", window_seconds=2.5)
+def test_rehearsal_api_gives_runnable_queries_for_a_side_and_window() -> None:
+    check = analysis.analysis_checks(settings())[0]
+    query = analysis.concrete_query(
+        check, analysis.FLAGGER, analysis.PRIMARY, window_seconds=10, target="fraud-detector", namespace="fraud"
+    )
+    assert 'app_kubernetes_io_name="fraud-detector-primary"' in query and "[10s]" in query and "${" not in query
+    assert "[2500ms]" in analysis.concrete_query(check, analysis.FLAGGER, analysis.CANDIDATE, window_seconds=2.5)
     with pytest.raises(ValueError, match="positive number of seconds"):
-        analysis.concrete_query(checks[0], version="v7", window_seconds=0)
+        analysis.concrete_query(check, analysis.FLAGGER, analysis.CANDIDATE, window_seconds=0)
+
+
+def test_argo_conditions_are_written_from_the_verdict_sets() -> None:
+    assert analysis.ARGO_SUCCESS_CONDITION == 'result == "pass" || result == "undecided"'
+    assert analysis.ARGO_FAILURE_CONDITION == 'result == "fail"'
+    assert set(analysis.ARGO_SUCCESS_VERDICTS).isdisjoint(analysis.ARGO_FAILURE_VERDICTS)
+    assert "halt" not in analysis.ARGO_SUCCESS_VERDICTS + analysis.ARGO_FAILURE_VERDICTS  # halt: Inconclusive
+    assert analysis.flagger_hook_path("rollback") == "/flagger/rollback"
+    with pytest.raises(ValueError, match="endpoint: must be one of"):
+        analysis.flagger_hook_path("promote")
 
 
 def test_every_query_rule_and_panel_parses_with_promtool(tmp_path: Path) -> None:
@@ -122,12 +155,17 @@ def test_every_query_rule_and_panel_parses_with_promtool(tmp_path: Path) -> None
         for strategy in ("canary", "blue-green"):
             config = load_stack(stack, overrides={"strategy": strategy})
             a = config.analysis
-            for name, query in analysis.concrete_queries(a, "v2", namespace="fraud").items():
-                rules.append({"record": f"fraud:check:{name.replace('-', '_')}", "expr": query})
+            for check in [*analysis.analysis_checks(a), analysis.primary_health_check(a)]:
+                for role in analysis.ROLES:
+                    query = analysis.concrete_query(
+                        check, analysis.FLAGGER, role, target="fraud-detector", namespace="fraud"
+                    )
+                    rules.append({"record": f"fraud:check:{check.name.replace('-', '_')}", "expr": query})
             for template in analysis.flagger_metric_templates(a, "fraud", charts.PROMETHEUS_URL, {}):
                 query = fill(template["spec"]["query"].replace("{{ interval }}", "1m"), FLAGGER_VALUES)
                 rules.append({"record": "fraud:flagger:query", "expr": query})
-            for metric in analysis.argo_analysis_template(a, "fraud", charts.PROMETHEUS_URL, {})["spec"]["metrics"]:
+            argo = analysis.argo_analysis_template(a, "fraud", charts.PROMETHEUS_URL, {}, looks=a.horizon)
+            for metric in argo["spec"]["metrics"]:
                 rules.append(
                     {"record": "fraud:argo:query", "expr": fill(metric["provider"]["prometheus"]["query"], ARGO_VALUES)}
                 )

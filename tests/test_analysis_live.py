@@ -1,9 +1,10 @@
-"""The analysis against the real thing: MLServer serving the fraud runtime, the replay webhook posting labelled
-feedback, and Prometheus (Debian package) scraping both servers and evaluating the very queries Flagger and
-Argo Rollouts are given. Also checks every metric name we query is one the runtime really exports."""
+"""The analysis against the real thing: two MLServer processes under the SAME version label (a primary and a
+faulty canary), Prometheus (Debian package) scraping both with the pod labels the ServiceMonitor carries, the
+very queries Flagger and Argo Rollouts are given, and the decision service served by uvicorn on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -16,12 +17,13 @@ import pytest
 from infra import observability
 from infra.config import load_stack
 from infra.service import names as fraud_service
-from ops.replay import ReplayServer, scenario_holdout, synthetic_holdout
+from ops.decision_service import DecisionService, PrometheusHealth, ReplayParameters, create_app
+from ops.replay import paired_replay, scenario_holdout, synthetic_holdout
 from rehearsal.prometheus import PrometheusProcess, ScrapeTarget
 from rollout import analysis
-from serving.client import parse_metrics
+from serving.client import FraudClient, ServingHTTPError, parse_metrics, scrape_metrics
 from serving.metrics import METRIC_NAMES
-from serving.process import MLServerProcess
+from serving.process import MLServerProcess, free_ports
 from serving.synthetic_model import train_synthetic_model
 
 pytestmark = pytest.mark.slow
@@ -29,26 +31,24 @@ pytestmark = pytest.mark.slow
 SIGNING_KEY = "analysis-live-test-signing-key-0123456789"
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens
 NAMESPACE = "fraud"
+TARGET = "fraud-detector"
+PRIMARY_HASH, CANARY_HASH = "5c8d7f6a1", "6d4f9c7b8"
 _SERIES = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
 
 
 @dataclass
 class Live:
-    healthy: MLServerProcess
-    faulty: MLServerProcess
+    primary: MLServerProcess
+    canary: MLServerProcess
     prometheus: PrometheusProcess
-    replay_url: str
-    smoke: httpx.Response
-    replay: httpx.Response
-    faulty_replay: httpx.Response
-    before: Any
-    after: Any
+    decision_url: str
+    service: DecisionService
 
     def query(self, promql: str, at: float | None = None) -> float | None:
-        """Instant query; ``at`` pins the evaluation time so several queries see the same data."""
-        if at is None:
-            return self.prometheus.query(promql)
-        body = httpx.get(f"{self.prometheus.url}/api/v1/query", params={"query": promql, "time": at}).json()
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = at
+        body = httpx.get(f"{self.prometheus.url}/api/v1/query", params=params).json()
         assert body["status"] == "success", body
         result = body["data"]["result"]
         return float(result[0]["value"][1]) if result else None
@@ -58,177 +58,183 @@ def _address(server: MLServerProcess) -> str:
     return server.metrics_url.split("//", 1)[1].split("/", 1)[0]
 
 
-def _flagger_payload(target: str, **metadata: str) -> dict[str, Any]:
-    """What Flagger POSTs to a webhook: the canary, the phase and the webhook's metadata (strings)."""
+def _pod_labels(role: str, pod_hash: str) -> dict[str, str]:
+    """What the ServiceMonitor's podTargetLabels put on a pod's series (Flagger's and Argo's identity)."""
     return {
-        "name": "fraud-detector",
         "namespace": NAMESPACE,
-        "phase": "Progressing",
-        "metadata": {"target": target, "model": "fraud-detector", **metadata},
+        analysis.FLAGGER.label: analysis.FLAGGER.value(role, target=TARGET),
+        analysis.ARGO.label: pod_hash,
     }
+
+
+def flagger(checksum: str, **metadata: str) -> dict[str, Any]:
+    return {"name": TARGET, "namespace": NAMESPACE, "phase": "Progressing", "checksum": checksum, "metadata": metadata}
+
+
+class _Resolver:
+    def __init__(self, urls: dict[str, str]) -> None:
+        self._urls = urls
+
+    def urls(self, namespace: str, pod_hash: str) -> list[str]:
+        return [self._urls[pod_hash]] if pod_hash in self._urls else []
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model_dir = train_synthetic_model(tmp_path_factory.mktemp("model") / "v2", model_version="v2", rows=4000)
-    healthy = MLServerProcess(
+    # Issue 10 #4: the primary and the canary carry the same model_version; the canary answers half its
+    # requests with 500 (the fault drill after a promotion, or a retrain proposed under the same label).
+    primary = MLServerProcess(
         model_dir, version_label="v2", signing_key=SIGNING_KEY, max_batch_size=32, max_batch_time_seconds=0.005
     )
-    # The fault drill's candidate: the same model, answering half its requests with 500.
-    faulty = MLServerProcess(model_dir, version_label="v3", signing_key=SIGNING_KEY, env={"SIMULATE_ERROR": "true"})
-    starters = [threading.Thread(target=s.start) for s in (healthy, faulty)]
+    canary = MLServerProcess(model_dir, version_label="v2", signing_key=SIGNING_KEY, env={"SIMULATE_ERROR": "true"})
+    starters = [threading.Thread(target=s.start) for s in (primary, canary)]
     for thread in starters:
         thread.start()
     for thread in starters:
         thread.join()
-    prometheus = replay_server = None
+    prometheus = server = thread = None
     try:
-        assert healthy.running and faulty.running, healthy.log_text()[-2000:] + faulty.log_text()[-2000:]
-        # namespace= as the ServiceMonitor scrape adds it in the cluster.
-        targets = [ScrapeTarget("fraud-model", _address(s), {"namespace": NAMESPACE}) for s in (healthy, faulty)]
+        assert primary.running and canary.running, primary.log_text()[-2000:] + canary.log_text()[-2000:]
+        targets = [
+            ScrapeTarget("fraud-model", _address(primary), _pod_labels(analysis.PRIMARY, PRIMARY_HASH)),
+            ScrapeTarget("fraud-model", _address(canary), _pod_labels(analysis.CANDIDATE, CANARY_HASH)),
+        ]
         prometheus = PrometheusProcess(targets, scrape_interval_seconds=0.5).start()
         prometheus.wait_for_targets()
-        replay_server = ReplayServer(
+        settings = load_stack("dev").analysis
+        service = DecisionService(
+            settings,
             synthetic_holdout,
-            host="127.0.0.1",
-            port=0,
-            allowed_targets=[healthy.http_url, faulty.http_url, UNREACHABLE],
+            replay=ReplayParameters(transactions=640, timeout_seconds=60),
+            allowed_targets=[primary.http_url, canary.http_url, UNREACHABLE],
+            health=PrometheusHealth(prometheus.url, settings, window_seconds=60),
+            resolver=_Resolver({PRIMARY_HASH: primary.http_url, CANARY_HASH: canary.http_url}),
         )
-        replay_server.start_background()
-        url = f"http://127.0.0.1:{replay_server.port}"
-        with httpx.Client(timeout=120) as client:
-            smoke = client.post(f"{url}/smoke", json=_flagger_payload(healthy.http_url))
-            before = parse_metrics(httpx.get(healthy.metrics_url).text)
-            replay = client.post(f"{url}/replay", json=_flagger_payload(healthy.http_url, minFrauds="40"))
-            after = parse_metrics(httpx.get(healthy.metrics_url).text)
-            # A first failure creates the runtime's code="500" series; Prometheus can only see increases
-            # after its first sample, as in a cluster where the fault persists across scrapes.
-            client.post(f"{url}/replay", json=_flagger_payload(faulty.http_url, minFrauds="0", maxTransactions="64"))
-            time.sleep(1.5)
-            faulty_replay = client.post(
-                f"{url}/replay", json=_flagger_payload(faulty.http_url, minFrauds="0", maxTransactions="640")
-            )
-        # Wait until Prometheus holds the final counts of both servers.
-        want = after.value("fraud_feedback_total", model_version="v2")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            got = prometheus.query('sum(fraud_feedback_total{model_version="v2"})')
-            errors = prometheus.query('sum(fraud_requests_total{model_version="v3",code="500"})')
-            if got == want and errors:
-                break
-            time.sleep(0.25)
-        time.sleep(1.0)  # a couple more samples after the last increment, for rate()/increase()
-        yield Live(healthy, faulty, prometheus, url, smoke, replay, faulty_replay, before, after)
+        service.load()
+        import uvicorn
+
+        (port,) = free_ports(1)
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        # Production-like traffic: the primary takes most of it (as at a 5 % canary weight).
+        with FraudClient(primary.http_url) as client:
+            rows = [t.features for t in service.holdout.take(32)]
+            for _ in range(40):
+                client.predict(rows, service.holdout.feature_names)
+        with FraudClient(canary.http_url) as client:
+            for _ in range(8):
+                with contextlib.suppress(ServingHTTPError):  # half of them answer 500 by design
+                    client.predict(rows, service.holdout.feature_names)
+        # Labelled feedback on the primary (every outcome), as a replay interval leaves it.
+        paired_replay(primary.http_url, primary.http_url, service.holdout, transactions=640)
+        time.sleep(1.5)  # a few scrapes after the last request, for rate()
+        yield Live(primary, canary, prometheus, f"http://127.0.0.1:{port}", service)
     finally:
-        if replay_server is not None:
-            replay_server.shutdown()
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=10)
         if prometheus is not None:
             prometheus.stop()
-        healthy.stop()
-        faulty.stop()
+        primary.stop()
+        canary.stop()
 
 
-def test_replay_webhook_posts_labelled_feedback_the_runtime_counts(live: Live) -> None:
-    assert live.smoke.status_code == 200, live.smoke.text
-    assert live.smoke.json()["model_version"] == "v2"
-    assert live.replay.status_code == 200, live.replay.text
-    result = live.replay.json()
-    assert result["ok"] and result["labelled_frauds"] >= 40 and result["server_errors"] == 0
-    assert result["labelled"] == result["transactions"]
-
-    def delta(**labels: str) -> float:
-        return live.after.value("fraud_feedback_total", model_version="v2", **labels) - live.before.value(
-            "fraud_feedback_total", model_version="v2", **labels
-        )
-
-    assert delta() == result["labelled"]
-    assert delta(outcome="tp") + delta(outcome="fn") == result["labelled_frauds"]
-    requests = live.after.value("fraud_requests_total", model_version="v2") - live.before.value(
-        "fraud_requests_total", model_version="v2"
-    )
-    assert requests == result["requests"]
-    # The faulty candidate's 500s are the analysis' business: the replay itself succeeded.
-    faulty = live.faulty_replay.json()
-    assert live.faulty_replay.status_code == 200 and faulty["requests"] == 20
-    assert faulty["server_errors"] == 10 and faulty["labelled"] == 10 * 32
-
-
-def test_replay_webhook_refuses_bad_requests_and_reports_unreachable_targets(live: Live) -> None:
-    with httpx.Client(timeout=60) as client:
-        assert client.get(f"{live.replay_url}/healthz").status_code == 200
-        other = client.post(f"{live.replay_url}/replay", json=_flagger_payload("http://evil.example:8080"))
-        assert other.status_code == 400 and "is not allowed here" in other.json()["error"]
-        bad = client.post(f"{live.replay_url}/replay", json=_flagger_payload(live.healthy.http_url, minFrauds="many"))
-        assert bad.status_code == 400 and bad.json()["error"].startswith("minFrauds: must be a number")
-        typo = client.post(f"{live.replay_url}/replay", json={"target": live.healthy.http_url, "minFraud": 1})
-        assert typo.status_code == 400 and "unknown parameter(s) minFraud" in typo.json()["error"]
-        down = client.post(f"{live.replay_url}/replay", json=_flagger_payload(UNREACHABLE, minFrauds="1"))
-        assert down.status_code == 502 and not down.json()["ok"] and "unreachable" in down.json()["error"]
-        smoke_down = client.post(f"{live.replay_url}/smoke", json=_flagger_payload(UNREACHABLE))
-        assert smoke_down.status_code == 502
-
-
-def test_flagger_queries_on_real_prometheus_pass_a_good_candidate_and_fail_a_faulty_one(live: Live) -> None:
-    a = load_stack("dev", overrides={"analysis": {"feedbackWindow": 120}}).analysis
-    checks = {c.name: c for c in analysis.analysis_checks(a)}
+def _flagger_query(name: str, a: Any) -> str:
+    """The MetricTemplate query as Flagger renders it ({{ namespace }}, {{ target }}, {{ interval }})."""
     templates = {t["metadata"]["name"]: t for t in analysis.flagger_metric_templates(a, NAMESPACE, "", {})}
-    canary_metrics = {m["name"]: m for m in analysis.flagger_canary_metrics(a, NAMESPACE, "v2")}
+    metric = {m["name"]: m for m in analysis.flagger_canary_metrics(a, NAMESPACE)}[name]
+    query = templates[metric["templateRef"]["name"]]["spec"]["query"]
+    values = {"{{ namespace }}": NAMESPACE, "{{ target }}": TARGET, "{{ interval }}": "1m"}
+    for placeholder, value in values.items():
+        query = query.replace(placeholder, value)
+    return query
 
+
+def test_checks_read_the_canarys_pods_only_even_under_the_primarys_version_label(live: Live) -> None:
+    """Issue 10 #4: selected by model_version, the canary's 50 % failures drown in the primary's traffic."""
+    a = load_stack("dev").analysis
     at = time.time()
+    candidate = live.query(_flagger_query("success-rate", a), at)
+    assert candidate is not None and 40 < candidate < 60, candidate
+    assert not analysis.analysis_checks(a)[0].passes(candidate)
+    check = analysis.primary_health_check(a)
+    primary = live.query(analysis.concrete_query(check, analysis.FLAGGER, analysis.PRIMARY, target=TARGET,
+                                                 namespace=NAMESPACE, window_seconds=60), at)  # fmt: skip
+    assert primary == 100.0
+    # What the old selector read: both versions' pods blended, a success rate that passes the gate.
+    ok, every = 'fraud_requests_total{model_version="v2",code!~"5.."}', 'fraud_requests_total{model_version="v2"}'
+    blended = live.query(f"100 * sum(rate({ok}[1m])) / sum(rate({every}[1m]))", at)
+    assert blended is not None and blended > 90 > candidate
+    # Argo's form selects the same pods by pod-template hash.
+    argo = analysis.concrete_query(analysis.analysis_checks(a)[0], analysis.ARGO, analysis.CANDIDATE,
+                                   candidate_hash=CANARY_HASH, stable_hash=PRIMARY_HASH, namespace=NAMESPACE,
+                                   window_seconds=60)  # fmt: skip
+    assert live.query(argo, at) == pytest.approx(candidate, abs=1e-9)
+    latency = live.query(_flagger_query("latency-p99", a), at)
+    assert latency is not None and 0 < latency < 2500
 
-    def flagger(name: str, version: str) -> float | None:
-        """The MetricTemplate query as Flagger renders it (namespace, variables, interval)."""
-        metric = canary_metrics[name]
-        query = templates[metric["templateRef"]["name"]]["spec"]["query"]
-        for placeholder, value in {
-            "{{ namespace }}": NAMESPACE,
-            "{{ variables.candidate_version }}": version,
-            "{{ interval }}": metric["interval"],
-        }.items():
-            query = query.replace(placeholder, value)
-        return live.query(query, at)
 
-    values = {name: flagger(name, "v2") for name in checks}
-    assert values["success-rate"] == 100.0 and checks["success-rate"].passes(values["success-rate"])
-    assert values["latency-p99"] is not None and 0 < values["latency-p99"] < 2500
-    # Precision and recall equal the Wilson bound of the counts Prometheus holds.
-    window = checks["precision"].window
-    selector = analysis.candidate_selector("v2", namespace=NAMESPACE)
-
-    def count(outcomes: str) -> float:
-        value = live.query(f'sum(increase(fraud_feedback_total{{{selector},outcome=~"{outcomes}"}}[{window}]))', at)
-        assert value is not None
-        return value
-
-    tp, fp, fn = count("tp"), count("fp"), count("fn")
-    assert tp + fn >= a.min_labelled_frauds
-    assert values["precision"] == pytest.approx(analysis.wilson_lower_bound(tp, tp + fp, a.confidence), abs=1e-4)
-    assert values["recall"] == pytest.approx(analysis.wilson_lower_bound(tp, tp + fn, a.confidence), abs=1e-4)
-    assert values["precision"] < tp / (tp + fp)  # a lower bound, below the point estimate
-    assert 0.5 < values["precision"] < 1 and 0.5 < values["recall"] < 1
-
-    # SIMULATE_ERROR=true: half the requests fail, the success-rate check fails.
-    faulty_rate = flagger("success-rate", "v3")
-    assert faulty_rate is not None and 40 < faulty_rate < 60 and not checks["success-rate"].passes(faulty_rate)
-    # A version with no data: every check returns its failing sentinel.
-    for name, check in checks.items():
-        value = flagger(name, "v9")
-        assert value == check.no_data_value and not check.passes(value)
-    # Labelled evidence below the minimum: precision and recall fail however good the ratio.
-    strict = load_stack("dev", overrides={"analysis": {"minLabelledFrauds": 100000, "feedbackWindow": 120}})
-    for check in analysis.rollout_checks(strict.analysis)[2:]:
-        value = live.query(analysis.concrete_query(check, version="v2", namespace=NAMESPACE))
-        assert value == analysis.NO_DATA_MIN and not analysis.passes(check, value)
+def test_decision_service_over_http_replays_to_both_and_answers_every_hook(live: Live) -> None:
+    with httpx.Client(base_url=live.decision_url, timeout=120) as client:
+        assert client.get("/healthz").json()["ok"] is True
+        assert client.post("/flagger/smoke", json=flagger("r1", candidate=live.primary.http_url)).status_code == 200
+        down = client.post("/flagger/smoke", json=flagger("r1", candidate=UNREACHABLE))
+        assert down.status_code == 502 and "unreachable" in down.json()["error"]
+        before = scrape_metrics(live.primary.metrics_url)
+        answer = client.post("/flagger/replay", json=flagger("r1", stable=live.primary.http_url,
+                                                             candidate=live.canary.http_url))  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        replay = body["replay"]
+        assert replay["transactions"] == 640 and replay["stable"]["answered"] == 640
+        assert 0 < replay["candidate"]["answered"] < 640 and replay["candidate"]["server_errors"] > 0
+        # The primary is healthy in the replay and in Prometheus; the canary's non-answers hold the decision.
+        assert body["primary_healthy"] is True and body["primary"]["success_rate"] == 100.0
+        assert body["verdict"] == "undecided" and "candidate did not answer" in body["reason"]
+        for hook in ("confirm-traffic-increase", "confirm-promotion", "rollback"):
+            assert client.post(f"/flagger/{hook}", json=flagger("r1")).status_code == 403
+        # Labels were posted to the stable as feedback, one per replayed transaction it answered.
+        after = scrape_metrics(live.primary.metrics_url)
+        assert (
+            after.value("fraud_feedback_total", model_version="v2")
+            - before.value("fraud_feedback_total", model_version="v2")
+            == replay["stable"]["feedback_accepted"]
+            == 640
+        )
+        # A dead stable: a clear halt, never a promotion.
+        dead = client.post("/flagger/replay", json=flagger("r2", stable=UNREACHABLE, candidate=live.primary.http_url))
+        dead_body = dead.json()
+        assert dead.status_code == 200 and dead_body["verdict"] == "halt" and dead_body["primary_healthy"] is False
+        assert "primary (stable) answered 0 of" in dead_body["reason"] and dead_body["replay"]["stable"]["down"]
+        assert client.post("/flagger/confirm-promotion", json=flagger("r2")).status_code == 403
+        # Argo: pods by hash, always 200, the verdict for the template's conditions.
+        sides = {"candidateHash": PRIMARY_HASH, "stableHash": PRIMARY_HASH}
+        argo = client.post("/argo/decision", json={"rollout": TARGET, "namespace": NAMESPACE, "phase": "pre", **sides})
+        assert argo.status_code == 200 and argo.json()["verdict"] in ("pass", "undecided"), argo.json()
+        assert argo.json()["replay"]["candidate"]["answered"] == 640
+        bad = client.post("/argo/decision", json={"rollout": TARGET})
+        assert bad.status_code == 400 and bad.json()["error"].startswith("namespace: must be a non-empty string")
 
 
 def test_every_metric_we_query_is_exported_by_the_runtime(live: Live) -> None:
-    exposition = httpx.get(live.healthy.metrics_url, timeout=10).text
+    exposition = httpx.get(live.primary.metrics_url, timeout=10).text
     exported = {name for name, _, _ in parse_metrics(exposition).samples}
     assert {n for n in METRIC_NAMES.values() if n.endswith("_total")} <= exported
     queries: list[str] = []
     for strategy in ("canary", "blue-green"):
         config = load_stack("dev", overrides={"strategy": strategy})
-        queries += analysis.concrete_queries(config.analysis, "v2", namespace=NAMESPACE).values()
+        a = config.analysis
+        for check in [*analysis.analysis_checks(a), analysis.primary_health_check(a)]:
+            queries.append(analysis.render_query(check, analysis.FLAGGER.selector(analysis.CANDIDATE)))
         board = observability.dashboard(config, namespace=NAMESPACE, canary_name=fraud_service.APP)
         queries += observability.dashboard_queries(board)
         rules = observability.alert_rules(
@@ -243,7 +249,6 @@ def test_every_metric_we_query_is_exported_by_the_runtime(live: Live) -> None:
     ours = {name for name in referenced if name.startswith("fraud_")}
     assert ours and ours <= exported, f"not exported by the runtime: {sorted(ours - exported)}"
     assert referenced - ours <= set(observability.EXTERNAL_METRICS), sorted(referenced - ours)
-    # The selector's label values exist too: the v2 series carry the labels the queries match on.
     series = [labels for name, labels, _ in parse_metrics(exposition).samples if name == "fraud_feedback_total"]
     assert {s["outcome"] for s in series} == {"tp", "fp", "tn", "fn"} and {s["model_version"] for s in series} == {"v2"}
 

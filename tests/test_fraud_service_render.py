@@ -19,6 +19,7 @@ from infra.config import ConfigError, load_stack
 from infra.render import HELM_RELEASE, SECRET_MARKER, SECRET_SIG, SECRET_VALUE_SIG, RenderResult, run_program
 from infra.service import names as fraud_service
 from rollout import analysis
+from rollout.settings import AnalysisSettings
 
 NS = charts.FRAUD_NAMESPACE
 COMPONENT_TYPE = "fraud:serving:FraudModelService"
@@ -126,42 +127,86 @@ def test_canary_analysis_follows_the_default_config() -> None:
     assert spec["analysis"]["interval"] == "1m" and spec["analysis"]["threshold"] == a.threshold == 3
     assert spec["analysis"]["stepWeights"] == [5, 10, 50]
     metrics = {m["name"]: m for m in spec["analysis"]["metrics"]}
+    # System checks only: model quality is the decision service's (webhooks below).
+    assert set(metrics) == {"success-rate", "latency-p99"}
     assert metrics["success-rate"]["thresholdRange"] == {"min": 99}
     assert metrics["latency-p99"]["thresholdRange"] == {"max": 100}
-    assert metrics["precision"]["thresholdRange"] == {"min": 0.85}
-    assert metrics["recall"]["thresholdRange"] == {"min": 0.6} == {"min": a.min_recall}  # docs/ROLLOUT.md: why 0.6
-    assert metrics["precision"]["interval"] == "10m" and metrics["success-rate"]["interval"] == "1m"
-    assert all(m["templateVariables"] == {"candidate_version": "v2"} for m in metrics.values())
+    assert metrics["success-rate"]["interval"] == "1m" and "templateVariables" not in metrics["success-rate"]
     templates = {t["metadata"]["name"]: t for t in kinds(objects, "MetricTemplate")}
     assert {m["templateRef"]["name"] for m in metrics.values()} == set(templates)
     assert all(t["spec"]["provider"]["address"] == charts.PROMETHEUS_URL for t in templates.values())
+    # The canary's pods by identity (issue 10 #4), never by model_version.
+    for template in templates.values():
+        assert 'app_kubernetes_io_name="{{ target }}"' in template["spec"]["query"]
+        assert "model_version" not in template["spec"]["query"]
     hooks = {h["name"]: h for h in spec["analysis"]["webhooks"]}
-    assert [h["type"] for h in spec["analysis"]["webhooks"]] == ["pre-rollout", "pre-rollout", "rollout"]
-    assert hooks["smoke-test"]["url"] == f"{fraud_service.REPLAY_URL}/smoke"
-    assert hooks["smoke-test"]["metadata"]["target"] == fraud_service.CANARY_URL
-    assert hooks["labelled-replay"]["metadata"]["minFrauds"] == str(a.min_labelled_frauds)
-    assert int(hooks["labelled-replay-warmup"]["metadata"]["minFrauds"]) > a.min_labelled_frauds
+    url = fraud_service.REPLAY_URL
+    assert [(h["name"], h["type"], h["url"]) for h in spec["analysis"]["webhooks"]] == [
+        ("smoke-test", "pre-rollout", f"{url}/flagger/smoke"),
+        ("labelled-replay-warmup", "pre-rollout", f"{url}/flagger/replay"),
+        ("labelled-replay", "rollout", f"{url}/flagger/replay"),
+        ("decision-rollback", "rollback", f"{url}/flagger/rollback"),
+        ("decision-traffic-increase", "confirm-traffic-increase", f"{url}/flagger/confirm-traffic-increase"),
+        ("decision-promotion", "confirm-promotion", f"{url}/flagger/confirm-promotion"),
+    ]
+    assert hooks["smoke-test"]["metadata"]["candidate"] == fraud_service.CANARY_URL
+    replay = hooks["labelled-replay"]["metadata"]
+    assert replay == hooks["labelled-replay-warmup"]["metadata"]
+    assert (replay["stable"], replay["candidate"]) == (fraud_service.PRIMARY_URL, fraud_service.CANARY_URL)
+    # The plan's size: analysis.replayRate x analysis.interval labelled pairs per interval.
+    assert replay["transactions"] == str(round(a.replay_rate * a.interval_seconds))
     # A rollout webhook must be done within the interval it runs in.
     assert int(hooks["labelled-replay"]["timeout"].rstrip("s")) <= a.interval_seconds
+    assert int(replay["timeoutSeconds"]) < a.interval_seconds
     assert "alerts" not in spec["analysis"] and not kinds(objects, "AlertProvider")
 
 
+def test_the_decision_service_gets_the_stacks_analysis_and_keeps_one_pod() -> None:
+    for strategy in STRATEGIES:
+        config = load_stack("dev", overrides={"strategy": strategy})
+        objects = first_region(rendered("dev", strategy))
+        deploy = find(objects, "Deployment", fraud_service.REPLAY)
+        assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
+        env = env_of(deploy)
+        assert AnalysisSettings.from_section("analysis", json.loads(env["DECISION_ANALYSIS"]))[0] == config.analysis
+        assert env["DECISION_PROMETHEUS_URL"] == charts.PROMETHEUS_URL
+        args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        pod = deploy["spec"]["template"]["spec"]
+        if strategy == "canary":
+            assert "--kubernetes" not in args and pod["automountServiceAccountToken"] is False
+            assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+        else:
+            # Blue-green: it lists pods by pod-template hash, and nothing else.
+            assert "--kubernetes" in args and pod["automountServiceAccountToken"] is True
+            assert pod["serviceAccountName"] == fraud_service.REPLAY
+            role = find(objects, "Role", fraud_service.REPLAY)
+            assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
+            binding = find(objects, "RoleBinding", fraud_service.REPLAY)
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": fraud_service.REPLAY, "namespace": NS}]
+        policies = {p["metadata"]["name"]: p["spec"] for p in kinds(objects, "NetworkPolicy")}
+        egress = policies[f"{fraud_service.REPLAY}-egress"]["egress"]
+        prometheus = [r for r in egress if r.get("to") and "monitoring" in json.dumps(r["to"])]
+        assert prometheus and prometheus[0]["ports"] == [{"protocol": "TCP", "port": 9090}]
+
+
 def test_overrides_change_steps_thresholds_and_gates() -> None:
-    overrides = {"stepWeights": [10, 20, 40], "minPrecision": 0.9, "threshold": 5, "interval": 30}
+    overrides = {"stepWeights": [10, 20, 40], "maxLatencyP99Ms": 80, "threshold": 5, "interval": 30, "horizon": 7}
     result = run_program("dev", overrides={"strategy": "canary", "analysis": {**overrides, "manualPromotion": True}})
     objects = first_region(result)
     spec = find(objects, "Canary")["spec"]["analysis"]
     assert spec["stepWeights"] == [10, 20, 40] and spec["threshold"] == 5 and spec["interval"] == "30s"
-    assert {m["name"]: m["thresholdRange"] for m in spec["metrics"]}["precision"] == {"min": 0.9}
-    gate = [h for h in spec["webhooks"] if h["type"] == "confirm-promotion"]
+    assert {m["name"]: m["thresholdRange"] for m in spec["metrics"]}["latency-p99"] == {"max": 80}
+    gate = [h for h in spec["webhooks"] if h["name"] == "manual-promotion"]
     assert gate == [
         {"name": "manual-promotion", "type": "confirm-promotion", "url": f"{charts.LOADTESTER_URL}gate/check"}
     ]
-    # Same change reaches the Argo form.
+    # Same change reaches the Argo form: every metric of a run measures for the horizon.
     bg = first_region(run_program("dev", overrides={"strategy": "blue-green", "analysis": overrides}))
     template = find(bg, "AnalysisTemplate", analysis.ARGO_TEMPLATE)
-    assert {m["count"] for m in template["spec"]["metrics"]} == {3 + 4}
+    assert {m["count"] for m in template["spec"]["metrics"]} == {7}
     assert {m["failureLimit"] for m in template["spec"]["metrics"]} == {4}
+    (decision,) = find(bg, "AnalysisTemplate", "fraud-decision")["spec"]["metrics"]
+    assert decision["count"] == 7 and decision["interval"] == "30s" and decision["failureLimit"] == 0
 
 
 def test_render_cli_set_override_reaches_the_canary(tmp_path: Path) -> None:
@@ -186,18 +231,32 @@ def test_blue_green_rollout_follows_config() -> None:
     for name in (bg["activeService"], bg["previewService"]):
         assert services[name]["spec"]["selector"] == rollout["spec"]["selector"]["matchLabels"]
     assert bg["autoPromotionEnabled"] is True and bg["scaleDownDelaySeconds"] == a.scale_down_delay_seconds
+    assert bg["abortScaleDownDelaySeconds"] == a.scale_down_delay_seconds
     assert rollout["spec"]["progressDeadlineAbort"] is True
     pre, post = bg["prePromotionAnalysis"], bg["postPromotionAnalysis"]
-    assert analysis.ARGO_TEMPLATE in {t["templateName"] for t in pre["templates"]}
-    assert analysis.ARGO_TEMPLATE in {t["templateName"] for t in post["templates"]}
-    assert {"name": "candidate_version", "value": "v2"} in pre["args"] and {
-        "name": "candidate_version",
-        "value": "v2",
-    } in post["args"]
-    assert {"name": "target", "value": fraud_service.PREVIEW_URL} in pre["args"]
-    assert {"name": "target", "value": fraud_service.ACTIVE_URL} in post["args"]
-    templates = {t["metadata"]["name"] for t in kinds(objects, "AnalysisTemplate")}
-    assert {t["templateName"] for t in pre["templates"] + post["templates"]} <= templates
+    assert [t["templateName"] for t in pre["templates"]] == ["fraud-smoke", "fraud-decision", analysis.ARGO_TEMPLATE]
+    assert [t["templateName"] for t in post["templates"]] == ["fraud-decision", analysis.ARGO_TEMPLATE]
+    hashes = analysis.argo_rollout_hash_args()
+    assert pre["args"] == [*hashes, {"name": "phase", "value": "pre"}]
+    assert post["args"] == [*hashes, {"name": "phase", "value": "post"}]
+    templates = {t["metadata"]["name"]: t for t in kinds(objects, "AnalysisTemplate")}
+    assert {t["templateName"] for t in pre["templates"] + post["templates"]} <= set(templates)
+    # Every arg a template declares without a default is supplied by the Rollout (Argo refuses the run else).
+    supplied = {arg["name"] for arg in pre["args"]}
+    for name in ("fraud-smoke", "fraud-decision", analysis.ARGO_TEMPLATE):
+        declared = {arg["name"] for arg in templates[name]["spec"]["args"] if "value" not in arg}
+        assert declared <= supplied, name
+    (decision,) = templates["fraud-decision"]["spec"]["metrics"]
+    web = decision["provider"]["web"]
+    assert web["url"] == f"{fraud_service.REPLAY_URL}/argo/decision" and web["jsonPath"] == "{$.verdict}"
+    assert decision["successCondition"] == 'result == "pass" || result == "undecided"'
+    assert decision["failureCondition"] == 'result == "fail"'
+    assert decision["count"] == a.horizon and decision["failureLimit"] == 0 and decision["inconclusiveLimit"] == 0
+    body = json.loads(web["body"])
+    assert body["candidateHash"] == "{{args.candidate_hash}}" and body["stableHash"] == "{{args.stable_hash}}"
+    assert body["phase"] == "{{args.phase}}" and body["measurements"] == str(a.horizon)
+    for metric in templates[analysis.ARGO_TEMPLATE]["spec"]["metrics"]:
+        assert 'rollouts_pod_template_hash="{{args.candidate_hash}}"' in metric["provider"]["prometheus"]["query"]
     hpa = find(objects, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -262,6 +321,8 @@ def test_every_model_server_pod_is_scraped_once_through_the_metrics_service() ->
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in metrics_svc["spec"]["ports"]}
     ports = workload(objects)["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "http-metrics", "containerPort": 8082} in ports
+    # Pod identity on every series: the analysis selects the candidate's pods by it (issue 10 #4).
+    assert monitor["spec"]["podTargetLabels"] == ["app.kubernetes.io/name", "rollouts-pod-template-hash"]
     # No other Service selects model-server pods by the workload label (no double scrape).
     others = [s for s in kinds(objects, "Service") if s["spec"].get("selector") == fraud_service.WORKLOAD_LABEL]
     assert others == [metrics_svc]
@@ -298,12 +359,12 @@ def test_fault_drill_config_path_sets_simulate_error_on_the_rolled_out_version()
         load_stack("dev", overrides={"serving": {"simulateError": "maybe"}})
 
 
-def test_target_stable_seeds_the_workload_and_the_analysis_with_the_stable_version() -> None:
+def test_target_stable_seeds_the_workload_with_the_stable_version() -> None:
     objects = first_region(rendered("dev", "canary", model__target="stable"))
     env = env_of(workload(objects))
     assert env["MLSERVER_MODEL_VERSION"] == "v1" and env["MLSERVER_MODEL_URI"] == "models:/fraud-detector@champion"
-    metrics = find(objects, "Canary")["spec"]["analysis"]["metrics"]
-    assert {m["templateVariables"]["candidate_version"] for m in metrics} == {"v1"}
+    # Nothing in the analysis names a version: it selects pods, whatever label they carry.
+    assert "v1" not in json.dumps(find(objects, "Canary")["spec"]["analysis"])
 
 
 def test_alert_provider_only_when_a_webhook_is_configured() -> None:

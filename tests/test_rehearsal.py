@@ -1,4 +1,6 @@
-"""Compressed rehearsals with real parts: MLServer processes, the Debian Prometheus, the embedded MLflow.
+"""Real rehearsals, one per strategy, with real parts: MLServer processes, the Debian Prometheus, the embedded
+MLflow, the decision service's logic. Every decision path is covered in process by tests/test_rollout_engine.py
+(scripted rig); these prove the real parts behave as the script says.
 
 A generated dataset and quick training params stand in for the ULB file (the benchmark and the demo use
 the real one); everything else is what `fraudctl rehearse` runs.
@@ -7,11 +9,6 @@ the real one); everything else is what `fraudctl rehearse` runs.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +21,12 @@ from rehearsal.run import RehearsalOptions, rehearse
 
 pytestmark = pytest.mark.slow
 
-# Thresholds for the compressed run: short windows hold fewer labelled frauds, so the bounds are looser
-# than production's; the faults still break them by a wide margin.
-COMPRESSED = {"analysis": {"minLabelledFrauds": 5, "threshold": 2, "minPrecision": 0.5, "minRecall": 0.4}}
+# The compressed run: a short horizon keeps it to a few intervals, and a drop of 20 points (the degrade fault
+# is far worse) keeps the replay the plan sizes for 3 s intervals small. The machine running the suite is
+# shared, so a p99 over a few seconds is noise here: latency is not under test (tests/test_rollout_engine.py
+# covers the latency check's path), the decision service is.
+COMPRESSED = {"analysis": {"horizon": 4, "minDetectableDrop": 0.2, "threshold": 2, "maxLatencyP99Ms": 5000}}
+INTERVAL = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def run(strategy: str, scenario, home: Path, tmp_path: Path, fault: str | None =
     options = RehearsalOptions(
         fault=fault,
         at_step=at_step,
-        interval_seconds=3.0,
+        interval_seconds=INTERVAL,
         report_dir=tmp_path / "report",
         home=home,
         scenario=scenario,
@@ -59,102 +59,39 @@ def run(strategy: str, scenario, home: Path, tmp_path: Path, fault: str | None =
     report = Path(data["report"][0]).parent
     assert (report / "summary.md").exists() and (report / "rehearsal.json").exists()
     assert (report / "weight.png").stat().st_size > 1000
-    assert {p.name for p in report.glob("check-*.png")} >= {"check-precision.png", "check-success-rate.png"}
+    assert {p.name for p in report.glob("check-*.png")} >= {"check-success-rate.png", "check-latency-p99.png"}
     return data
 
 
-def checks_of(step: dict) -> dict[str, dict]:
-    return {c["name"]: c for c in step["checks"]}
-
-
-def test_canary_promotes_a_healthy_candidate_and_a_second_run_reuses_the_models(scenario, home, tmp_path):
+def test_canary_promotes_a_healthy_candidate_on_real_servers(scenario, home, tmp_path):
+    """Flagger's walk against two real MLServers and a real Prometheus: the decision service's paired replay
+    passes v2 against v1, the weight climbs the steps, and the primary stays healthy throughout."""
     data = run("canary", scenario, home, tmp_path)
-    assert data["decision"] == "promoted"
-    assert [s["weight"] for s in data["steps"] if all(c["passed"] for c in s["checks"])] == [5, 10, 50]
-    assert data["primary_failed"] == 0 and data["candidate_failed"] == 0
-    assert data["feedback_posted"] > 100 and data["feedback_rejected"] == 0
-    again = run("canary", scenario, home, tmp_path / "again")
-    assert again["models_reused"] == {"v1": True, "v2": True}
+    assert data["decision"] == "promoted", data["decision_reason"]
+    assert data["decision_reason"].startswith("pass after")
+    advanced = [d for d in data["decisions"] if d["action"].startswith("advance")]
+    assert [d["action"] for d in advanced] == ["advance to 5%", "advance to 10%", "advance to 50%"]
+    assert [s["weight"] for s in data["steps"]][: len(advanced)] == [0, 5, 10]  # each interval's weight
+    assert all(d["hooks"]["confirm-traffic-increase"] == 200 and d["verdict"] == "pass" for d in advanced)
+    assert data["primary_healthy"] is True and data["primary_failed"] == 0 and data["candidate_failed"] == 0
+    # Labels went to both servers: one per replayed transaction each.
+    assert data["feedback_posted"] > 2 * data["plan"]["pairs_per_interval"] and data["feedback_rejected"] == 0
+    # The candidate's system checks read its own pods (app_kubernetes_io_name), with data at every step.
+    checked = [s for s in data["steps"] if s["checks"]]
+    assert checked and all(c["passed"] and c["value"] is not None for s in checked for c in s["checks"])
 
 
-def test_canary_rolls_back_on_errors_while_the_primary_keeps_answering(scenario, home, tmp_path):
-    data = run("canary", scenario, home, tmp_path, fault="error", at_step=2)
-    assert data["decision"] == "rolled_back"
-    assert data["primary_failed"] == 0 and data["candidate_failed"] > 0
-    faulty = [s for s in data["steps"] if s["fault_active"]]
-    assert faulty and not checks_of(faulty[-1])["success-rate"]["passed"]
-    assert data["seconds_to_rollback"] is not None and data["seconds_to_rollback"] < 30
-    assert max(s["weight"] for s in data["steps"]) < 50  # never reached the last step
-
-
-def test_canary_rolls_back_on_a_degraded_model_through_the_ml_gate(scenario, home, tmp_path):
-    data = run("canary", scenario, home, tmp_path, fault="degrade", at_step=2)
-    assert data["decision"] == "rolled_back"
-    assert data["primary_failed"] == 0 and data["candidate_failed"] == 0
-    faulty = [s for s in data["steps"] if s["fault_active"]]
-    # The HTTP checks stay green: only the labelled-feedback precision catches a model that answers wrongly.
-    assert all(checks_of(s)["success-rate"]["passed"] for s in faulty)
-    assert not any(checks_of(s)["precision"]["passed"] for s in faulty)
-    assert data["candidate_bad_served"] > 0
-
-
-def test_blue_green_promotes_after_pre_and_post_promotion_analysis(scenario, home, tmp_path):
-    data = run("blue-green", scenario, home, tmp_path)
-    assert data["decision"] == "promoted"
+def test_blue_green_switches_back_within_one_interval_of_a_post_switch_fault(scenario, home, tmp_path):
+    """Argo's phases on real servers: pre-promotion passes, the active Service switches, the candidate turns
+    degraded, and the post-promotion decision fails at once: traffic returns to the still-warm stable."""
+    looks = COMPRESSED["analysis"]["horizon"]
+    at_step = looks + 3  # the second interval after the switch
+    data = run("blue-green", scenario, home, tmp_path, fault="degrade", at_step=at_step)
+    assert data["decision"] == "rolled_back", data["decision_reason"]
+    assert "post-promotion analysis failed" in data["reason"] and "switched back" in data["reason"]
     phases = [s["phase"] for s in data["steps"]]
-    assert phases.count("pre-promotion") >= 1 and phases.count("post-promotion") >= 1
     assert phases.index("post-promotion") > phases.index("pre-promotion")
-
-
-def test_blue_green_aborts_after_the_switch_and_returns_traffic_to_the_stable_model(scenario, home, tmp_path):
-    data = run("blue-green", scenario, home, tmp_path, fault="error", at_step=4)
-    assert data["decision"] == "rolled_back"
-    assert "post-promotion" in data["reason"]
-    assert data["steps"][-1]["phase"] == "post-promotion"
-    assert data["primary_failed"] == 0
-
-
-def _processes_mentioning(marker: str) -> list[int]:
-    """PIDs whose environment or command line mentions ``marker`` (servers inherit FRAUD_HOME)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in blob:
-            found.append(int(entry.name))
-    return found
-
-
-def test_ctrl_c_stops_the_servers_and_prometheus(ulb_dataset: Path, tmp_path: Path) -> None:
-    """The real CLI on the real data, interrupted mid-rollout: exit 130 and nothing left running."""
-    home = tmp_path / "home"
-    (home / "data").mkdir(parents=True)
-    shutil.copy(ulb_dataset, home / "data" / ulb_dataset.name)
-    env = {**os.environ, "FRAUD_HOME": str(home)}
-    log = tmp_path / "rehearse.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("fraudctl")), "rehearse", "--interval", "3"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 300
-            while "step 1 (canary" not in log.read_text():
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.5)
-            assert len(_processes_mentioning(str(home))) >= 4  # fraudctl, two servers, Prometheus
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=60) == 130, log.read_text()
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-    assert "interrupted" in log.read_text()
-    assert _processes_mentioning(str(home)) == []
+    fault_steps = [d for d in data["decisions"] if d["index"] >= at_step]
+    assert fault_steps[0]["verdict"] == "fail" and fault_steps[0]["action"] == "abort"  # the same interval
+    assert data["bad_answers_after_switch"] is not None and data["bad_answers_after_switch"] > 0
+    assert data["primary_healthy"] is True and data["primary_failed"] == 0

@@ -77,19 +77,23 @@ class Script:
 
 
 class FakeRig:
-    """The rig's interface; its "servers" and "Prometheus" are real ``sleep`` processes started like the real
-    ones (own session), so the run's children are real processes to stop."""
+    """The rig's lifecycle with real ``sleep`` processes for "servers" and "Prometheus" (started like the real
+    ones, own session), and the scripted rollout rig of tests/rollout_rig.py (virtual time, the real decision
+    service logic) for what the engine asks."""
 
     script = Script()
-    checks_failing_from: int | None = None  # step from which the candidate fails its checks
     leak: bool = False  # stop() forgets its children, as a rig with a bug would
     instances: list[FakeRig] = []
 
     def __init__(self, **kwargs: Any) -> None:
+        from rollout_rig import Script as RigScript
+        from rollout_rig import ScriptedRig
+
         self.kwargs = kwargs
         self.children: list[subprocess.Popen[bytes]] = []
         self.started_pids: list[int] = []
         self.evaluations = 0
+        self.scripted = ScriptedRig(RigScript(), 10.0, kwargs["settings"])
         type(self).instances.append(self)
 
     def _child(self) -> None:
@@ -112,23 +116,20 @@ class FakeRig:
         for child in self.children:
             child.terminate()
             child.wait()
-        self.kwargs["traffic"].close()
 
-    def send_traffic(self, seconds: float, candidate_weight: int, *, preview_only: bool = False) -> None:
-        pass
+    def decisions(self, holdout: Any, replay: Any, *, interval_seconds: float) -> Any:
+        from rollout_rig import make_service
 
-    def inject_fault(self) -> None:
-        pass
+        self.scripted.interval = interval_seconds
+        return make_service(self.scripted, self.kwargs["settings"])
 
-    def evaluate(self, window_seconds: float) -> list[CheckResult]:
+    def system_checks(self, window_seconds: float) -> list[CheckResult]:
         self.evaluations += 1
         self.script.hit(f"step{self.evaluations}")
-        failing = self.checks_failing_from is not None and self.evaluations >= self.checks_failing_from
-        value = 0.5 if failing else 0.99
-        return [CheckResult("precision", value, 0.85, "min", value >= 0.85)]
+        return self.scripted.system_checks(window_seconds)
 
-    def observe(self, window_seconds: float) -> dict[str, dict[str, float | None]]:
-        return {"v1": {"precision": 0.97}, "v2": {"precision": 0.99}}
+    def __getattr__(self, name: str) -> Any:  # the rest of the Rig protocol: the scripted rig's
+        return getattr(self.scripted, name)
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def config(strategy: str = "canary") -> Any:
 
 
 def options(home: Path, **kwargs: Any) -> RehearsalOptions:
-    return RehearsalOptions(interval_seconds=0.01, home=home, **kwargs)
+    return RehearsalOptions(interval_seconds=10.0, home=home, **kwargs)
 
 
 def assert_nothing_left(home: Path, data: dict[str, Any], rig: FakeRig | None) -> None:
@@ -222,9 +223,9 @@ SIGNAL_POINTS = [
     ("prepare", signal.SIGTERM, "preparing models", 0),
     ("servers", signal.SIGTERM, "starting the servers and Prometheus", 0),
     ("prometheus", signal.SIGTERM, "starting the servers and Prometheus", 0),
-    ("step2", signal.SIGTERM, "analysing", 1),
-    ("step3", signal.SIGINT, "analysing", 2),
-    ("step1", signal.SIGHUP, "analysing", 0),
+    ("step2", signal.SIGTERM, "analysing", 2),  # the pre-rollout interval asks no system checks
+    ("step3", signal.SIGINT, "analysing", 3),
+    ("step1", signal.SIGHUP, "analysing", 1),
 ]
 
 
@@ -289,7 +290,7 @@ def test_prometheus_gone_mid_analysis_is_an_error_with_a_report_never_a_promotio
     data = rehearse(config(), options(home))
     assert data["decision"] == "error" and data["exit_code"] == 1
     assert "stopped answering" in data["reason"] and "no promotion" in data["reason"]
-    assert len(data["steps"]) == 1 and data["stopped_during"] == "analysing"
+    assert len(data["steps"]) == 2 and data["stopped_during"] == "analysing"
     assert (report_folder(data) / "error.log").exists()
     assert_nothing_left(home, data, fakes.instances[-1])
 
@@ -358,8 +359,9 @@ def test_bad_local_state_is_one_line_and_exit_2_before_anything_starts(fakes, tm
             (home / "run").write_text("")
     monkeypatch.setenv("FRAUD_HOME", str(home))
     assert main(["rehearse"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("fraudctl rehearse: "), err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fraudctl rehearse: ") and not any("Traceback" in line for line in err), err
+    assert [line for line in err if not line.startswith("rehearse: plan:")] == err[-1:], err
     assert fakes.instances == []
 
 

@@ -1,48 +1,27 @@
-"""Blue-green rollout (Argo Rollouts): the Rollout, its Services and AnalysisTemplates."""
+"""Blue-green rollout (Argo Rollouts): the Rollout and its AnalysisTemplates (system checks on the new pods,
+smoke test, the decision service's verdict), before and after the switch."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from infra import charts, waves
 from infra.config import Region, StackConfig
-from infra.service.names import (
-    ACTIVE_URL,
-    APP,
-    NS,
-    PREVIEW,
-    PREVIEW_URL,
-    REPLAY_URL,
-    meta,
-    object_labels,
-)
-from infra.service.replay import replay_parameters
+from infra.service.names import APP, NS, PREVIEW, REPLAY_URL, meta, object_labels
+from infra.service.replay import replay_parameters, replay_seconds
 from infra.service.workload import pod_template
 from rollout import analysis
 
 ARGO_WAVE = "fraud-rollout-wave"
 ARGO_SMOKE = "fraud-smoke"
-ARGO_REPLAY = "fraud-replay"
+ARGO_DECISION = "fraud-decision"
+PHASE_ARG = "phase"
 
 
-def _web_metric(name: str, path: str, body: Mapping[str, str], timeout: int, **schedule: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        **schedule,
-        "successCondition": "result == true",
-        "provider": {
-            "web": {
-                "url": f"{REPLAY_URL}{path}",
-                "method": "POST",
-                "headers": [{"key": "Content-Type", "value": "application/json"}],
-                "body": json.dumps(dict(body), sort_keys=True),
-                "timeoutSeconds": timeout,
-                "jsonPath": "{$.ok}",
-            }
-        },
-    }
+def analysis_looks(config: StackConfig) -> int:
+    """Measurements of one analysis run (before, and again after, the switch): the analysis' horizon, where
+    every check is forced to pass or fail (rollout/decision.py)."""
+    return config.analysis.horizon
 
 
 def argo_wave_template(config: StackConfig, region: Region | None) -> dict[str, Any] | None:
@@ -58,48 +37,82 @@ def argo_wave_template(config: StackConfig, region: Region | None) -> dict[str, 
     }
 
 
+def _args(name: str) -> str:
+    return f"{{{{args.{name}}}}}"
+
+
 def argo_templates(config: StackConfig) -> list[dict[str, Any]]:
-    """AnalysisTemplates: the shared checks, the smoke test and the labelled replay (arg ``target``)."""
+    """AnalysisTemplates: the system checks, the smoke test and the decision service's verdict.
+
+    The decision metric measures once per interval (each measurement replays one interval to both sides
+    and takes a look) for the plan's horizon, so its last measurement is the analysis' final, forced
+    pass or fail. failureLimit 0: a decisive failure fails the run at once, which aborts the Rollout
+    (before the switch: the preview is dropped; after it: the active Service returns to the stable).
+    """
     a = config.analysis
-    count, failure_limit = analysis.argo_measurements(a)
+    looks = analysis_looks(config)
     interval = analysis.prometheus_duration(a.interval_seconds)
-    step = replay_parameters(config, "{{args.target}}")
-    smoke = {"target": "{{args.target}}", "model": config.model.name}
     labels = object_labels("analysis")
-    target_arg = [{"name": "target"}]
-    checks = analysis.argo_analysis_template(a, NS, charts.PROMETHEUS_URL, labels, initial_delay=interval)
+    hashes = analysis.argo_hash_args(NS)
+    checks = analysis.argo_analysis_template(a, NS, charts.PROMETHEUS_URL, labels, looks=looks, initial_delay=interval)
+    smoke_body = {
+        "namespace": _args("namespace"),
+        "candidateHash": _args(analysis.ARGO_CANDIDATE_ARG),
+        "model": config.model.name,
+    }
+    smoke = analysis.argo_web_metric(
+        "smoke-test",
+        f"{REPLAY_URL}{analysis.argo_path('smoke')}",
+        smoke_body,
+        json_path=analysis.ARGO_SMOKE_JSON_PATH,
+        success=analysis.ARGO_SMOKE_CONDITION,
+        failure=None,
+        timeout_seconds=60,
+        count=1,
+        failureLimit=0,
+    )
+    decision_body = {
+        "rollout": APP,
+        "namespace": _args("namespace"),
+        PHASE_ARG: _args(PHASE_ARG),
+        "candidateHash": _args(analysis.ARGO_CANDIDATE_ARG),
+        "stableHash": _args(analysis.ARGO_STABLE_ARG),
+        # The service pauses (Inconclusive) rather than let a last undecided measurement count as a success.
+        "measurements": str(looks),
+        **replay_parameters(config),
+    }
+    decision = analysis.argo_web_metric(
+        "decision",
+        f"{REPLAY_URL}{analysis.argo_path('decision')}",
+        decision_body,
+        json_path=analysis.ARGO_VERDICT_JSON_PATH,
+        success=analysis.ARGO_SUCCESS_CONDITION,
+        failure=analysis.ARGO_FAILURE_CONDITION,
+        timeout_seconds=replay_seconds(config) + 15,
+        interval=interval,
+        count=looks,
+        failureLimit=0,
+        inconclusiveLimit=0,
+    )
     smoke_template = {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
         "metadata": {"name": ARGO_SMOKE, "namespace": NS, "labels": labels},
-        "spec": {"args": target_arg, "metrics": [_web_metric("smoke-test", "/smoke", smoke, 60, count=1)]},
+        "spec": {"args": hashes, "metrics": [smoke]},
     }
-    replay_template = {
+    decision_template = {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_REPLAY, "namespace": NS, "labels": labels},
-        "spec": {
-            "args": target_arg,
-            "metrics": [
-                _web_metric(
-                    "labelled-replay",
-                    "/replay",
-                    step,
-                    int(float(step["timeoutSeconds"])) + 15,
-                    interval=interval,
-                    count=count,
-                    failureLimit=failure_limit,
-                )
-            ],
-        },
+        "metadata": {"name": ARGO_DECISION, "namespace": NS, "labels": labels},
+        "spec": {"args": [*hashes, {"name": PHASE_ARG}], "metrics": [decision]},
     }
-    return [checks, smoke_template, replay_template]
+    return [checks, smoke_template, decision_template]
 
 
 def rollout(config: StackConfig, image: Any, region: Region | None = None) -> dict[str, Any]:
     a = config.analysis
     wave = [{"templateName": ARGO_WAVE}] if argo_wave_template(config, region) is not None else []
-    version = [{"name": analysis.ARGO_CANDIDATE_ARG, "value": config.model.target_version}]
+    hashes = analysis.argo_rollout_hash_args()
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
@@ -116,20 +129,28 @@ def rollout(config: StackConfig, image: Any, region: Region | None = None) -> di
                     "activeService": APP,
                     "previewService": PREVIEW,
                     "autoPromotionEnabled": a.auto_promotion,
+                    # The previous version stays warm through post-promotion analysis without any delay
+                    # setting: until that analysis succeeds it is still the stable ReplicaSet, which the
+                    # controller keeps at full scale (argoproj/argo-rollouts v1.7.2 rollout/bluegreen.go,
+                    # reconcileBlueGreenStableReplicaSet; rollout/sync.go, shouldFullPromote), and an abort
+                    # points the active Service back at it at once (rollout/service.go,
+                    # reconcileActiveService). scaleDownDelaySeconds only starts once it stopped being stable.
                     "scaleDownDelaySeconds": a.scale_down_delay_seconds,
+                    # After an abort the new pods linger this long for inspection (rollout/replicaset.go,
+                    # reconcileNewReplicaSet); traffic has left them already.
                     "abortScaleDownDelaySeconds": a.scale_down_delay_seconds,
                     "prePromotionAnalysis": {
                         "templates": [
                             *wave,
                             {"templateName": ARGO_SMOKE},
-                            {"templateName": ARGO_REPLAY},
+                            {"templateName": ARGO_DECISION},
                             {"templateName": analysis.ARGO_TEMPLATE},
                         ],
-                        "args": [*version, {"name": "target", "value": PREVIEW_URL}],
+                        "args": [*hashes, {"name": PHASE_ARG, "value": "pre"}],
                     },
                     "postPromotionAnalysis": {
-                        "templates": [{"templateName": ARGO_REPLAY}, {"templateName": analysis.ARGO_TEMPLATE}],
-                        "args": [*version, {"name": "target", "value": ACTIVE_URL}],
+                        "templates": [{"templateName": ARGO_DECISION}, {"templateName": analysis.ARGO_TEMPLATE}],
+                        "args": [*hashes, {"name": PHASE_ARG, "value": "post"}],
                     },
                 }
             },

@@ -12,41 +12,46 @@ from infra.service.names import (
     APP,
     CANARY_URL,
     NS,
+    PRIMARY_URL,
     REPLAY_URL,
     meta,
     object_labels,
 )
-from infra.service.replay import _webhook_timeout, replay_parameters
+from infra.service.replay import replay_parameters, webhook_timeout
 from rollout import analysis
 from serving.settings import DEFAULT_HTTP_PORT
 
 
+def _hook(
+    name: str, hook: str, *, timeout: str | None = None, metadata: dict[str, str] | None = None
+) -> dict[str, Any]:
+    kind, endpoint = analysis.FLAGGER_HOOKS[hook]
+    webhook: dict[str, Any] = {"name": name, "type": kind, "url": f"{REPLAY_URL}{analysis.flagger_hook_path(endpoint)}"}
+    if timeout:
+        webhook["timeout"] = timeout
+    if metadata:
+        webhook["metadata"] = metadata
+    return webhook
+
+
 def flagger_webhooks(config: StackConfig, region: Region | None = None) -> list[dict[str, Any]]:
-    smoke = {"target": CANARY_URL, "model": config.model.name}
-    warmup = replay_parameters(config, CANARY_URL, warmup=True)
-    step = replay_parameters(config, CANARY_URL)
+    """The decision service's hooks, in the order Flagger's scheduler meets them each interval
+    (fluxcd/flagger v1.40.0 pkg/controller/scheduler.go, advanceCanary): rollback (200 on a decisive
+    failure: roll back at once), then at weight 0 the pre-rollout hooks or else the rollout hook (one
+    interval of paired replay and a look), then confirm-traffic-increase / confirm-promotion (200 only on
+    a decisive pass; otherwise the weight is held and no failed check is counted)."""
+    sides = {"stable": PRIMARY_URL, "candidate": CANARY_URL}
+    interval = {**sides, **replay_parameters(config)}
+    timeout = webhook_timeout(config)
     hooks: list[dict[str, Any]] = [
-        {
-            "name": "smoke-test",
-            "type": "pre-rollout",
-            "url": f"{REPLAY_URL}/smoke",
-            "timeout": "60s",
-            "metadata": smoke,
-        },
-        {
-            "name": "labelled-replay-warmup",
-            "type": "pre-rollout",
-            "url": f"{REPLAY_URL}/replay",
-            "timeout": _webhook_timeout(warmup),
-            "metadata": warmup,
-        },
-        {
-            "name": "labelled-replay",
-            "type": "rollout",
-            "url": f"{REPLAY_URL}/replay",
-            "timeout": _webhook_timeout(step),
-            "metadata": step,
-        },
+        _hook("smoke-test", "smoke", timeout="60s", metadata={"candidate": CANARY_URL, "model": config.model.name}),
+        # At weight 0 Flagger runs the pre-rollout hooks every interval until traffic may increase: the
+        # analysis' first looks replay before any user reaches the candidate.
+        _hook("labelled-replay-warmup", "warmup", timeout=timeout, metadata=interval),
+        _hook("labelled-replay", "rollout", timeout=timeout, metadata=interval),
+        _hook("decision-rollback", "rollback"),
+        _hook("decision-traffic-increase", "confirm-traffic-increase"),
+        _hook("decision-promotion", "confirm-promotion"),
     ]
     wave = waves.confirm_rollout_webhook(config, region) if region is not None else None
     if wave is not None:
@@ -66,7 +71,7 @@ def canary(config: StackConfig, region: Region | None = None) -> dict[str, Any]:
         "interval": analysis.prometheus_duration(a.interval_seconds),
         "threshold": a.threshold,
         "stepWeights": list(a.step_weights),
-        "metrics": analysis.flagger_canary_metrics(a, NS, config.model.target_version),
+        "metrics": analysis.flagger_canary_metrics(a, NS),
         "webhooks": flagger_webhooks(config, region),
     }
     if config.alerts_enabled:

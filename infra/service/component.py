@@ -1,11 +1,11 @@
 """The fraud-detection service in one region: MLServer, its rollout (Flagger canary or Argo Rollouts
-blue-green, by ``strategy``), the labelled-replay webhook, network policies and monitoring.
+blue-green, by ``strategy``), the rollout decision service, network policies and monitoring.
 
 Every Kubernetes object is built by a plain function of the stack config in this package's modules
 (tests call them directly); :class:`FraudModelService` only declares them, each custom resource after the
 Helm release that installs its CRD. What rolls out is ``model.target`` (the candidate by default): the
-workload declares that version; Flagger or Argo Rollouts keep the previous one serving until the analysis
-(rollout/analysis.py) has passed on it.
+workload declares that version; Flagger or Argo Rollouts keep the previous one serving until the decision
+service (ops/decision_service.py) and the system checks (rollout/analysis.py) have passed it.
 """
 
 from __future__ import annotations

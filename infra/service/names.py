@@ -3,7 +3,8 @@
 Canary: the Deployment ``fraud-detector`` is Flagger's target; Flagger creates ``fraud-detector-primary``
 (the serving copy) and the Services ``fraud-detector`` (apex, routed by an Istio VirtualService),
 ``-primary`` and ``-canary``. Blue-green: the Rollout ``fraud-detector`` with the active Service
-``fraud-detector`` and the preview Service ``fraud-detector-preview``. In both, every model-server pod
+``fraud-detector`` and the preview Service ``fraud-detector-preview``. ``fraud-detector-replay`` runs the
+rollout decision service (ops/decision_service.py) that both controllers call. In both, every model-server pod
 carries :data:`WORKLOAD_LABEL`, which the PodDisruptionBudget, the NetworkPolicies and the headless
 metrics Service select, so each pod is scraped exactly once whatever the rollout does.
 """
@@ -37,10 +38,8 @@ VERSION_POD_LABEL = "fraud-platform/model-version"
 # The image's entry point is `python -m serving.server`; this folder has no model-settings.json, so
 # MLServer builds the model from the MLSERVER_MODEL_* environment (serving/settings.py).
 SERVER_ARGS = ["/opt/fraud/empty"]
+# The decision service (ops/decision_service.py) runs from the project image in the replay Deployment.
 REPLAY_COMMAND = ["python", "-m", "ops.replay"]
-# The Wilson bound needs more than the minimum evidence to clear a threshold near the model's real
-# precision: before any traffic moves, the replay labels this many times analysis.minLabelledFrauds.
-WARMUP_FRAUD_MULTIPLE = 3
 HEALTH_READY = "/v2/health/ready"
 HEALTH_LIVE = "/v2/health/live"
 
@@ -50,6 +49,7 @@ def _url(service: str, port: int) -> str:
 
 
 CANARY_URL = _url(CANARY_SERVICE, DEFAULT_HTTP_PORT)
+PRIMARY_URL = _url(f"{APP}-primary", DEFAULT_HTTP_PORT)
 PREVIEW_URL = _url(PREVIEW, DEFAULT_HTTP_PORT)
 ACTIVE_URL = _url(APP, DEFAULT_HTTP_PORT)
 REPLAY_URL = _url(REPLAY, REPLAY_PORT)

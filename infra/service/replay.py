@@ -1,41 +1,81 @@
-"""The labelled-replay webhook service (ops/replay.py run from the project image) and its parameters."""
+"""The decision service's Deployment (ops/decision_service.py, run from the project image as
+``python -m ops.replay serve``), its Service and access, and the replay parameters the controllers send it.
+
+It keeps each rollout's evidence in memory, so it runs as exactly one pod, replaced (not surged) on change.
+For blue-green it resolves the new and the stable ReplicaSet's pods by ``rollouts-pod-template-hash``
+through the API server (the stable has no Service of its own once the active Service switched), so only
+then it gets a ServiceAccount token and a Role to list pods in its namespace.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
 from typing import Any
 
-from infra import k8s
+from infra import charts, k8s
 from infra.config import StackConfig
 from infra.service.names import (
     ACTIVE_URL,
     CANARY_URL,
     NS,
     PREVIEW_URL,
+    PRIMARY_URL,
     REPLAY,
     REPLAY_COMMAND,
     REPLAY_LABEL,
     REPLAY_PORT,
-    WARMUP_FRAUD_MULTIPLE,
     meta,
     object_labels,
 )
 
+ANALYSIS_ENV = "DECISION_ANALYSIS"
+PROMETHEUS_ENV = "DECISION_PROMETHEUS_URL"
+MODEL_ENV = "DECISION_MODEL"
+
 
 def replay_targets(config: StackConfig) -> list[str]:
-    return [CANARY_URL] if config.strategy == "canary" else [PREVIEW_URL, ACTIVE_URL]
+    """The Services the decision service may replay to (Argo's pods are found by hash, not by URL)."""
+    return [PRIMARY_URL, CANARY_URL] if config.strategy == "canary" else [ACTIVE_URL, PREVIEW_URL]
+
+
+def replay_seconds(config: StackConfig) -> int:
+    """How long one interval's replay may take: it must be done within the interval it runs in."""
+    return max(10, int(config.analysis.interval_seconds * 0.75))
+
+
+def interval_transactions(config: StackConfig) -> int:
+    """Labelled pairs replayed per interval: ``analysis.replayRate`` x ``analysis.interval``, as the plan
+    (rollout/plan.py) sizes and judges them."""
+    from rollout.plan import pairs_per_interval
+
+    return pairs_per_interval(config.analysis.replay_rate, config.analysis.interval_seconds)
 
 
 def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
+    blue_green = config.strategy != "canary"
     tmp_volume, tmp_mount = k8s.tmp_volume()
     pod_labels = {**object_labels(REPLAY), **REPLAY_LABEL}
+    args = [
+        "serve",
+        "--port",
+        str(REPLAY_PORT),
+        "--holdout",
+        "scenario",
+        "--transactions",
+        str(interval_transactions(config)),
+    ]
+    if blue_green:
+        args.append("--kubernetes")
     container = k8s.container(
         "replay",
         image,
         command=REPLAY_COMMAND,
-        args=["serve", "--port", str(REPLAY_PORT), "--holdout", "scenario"],
+        args=args,
         env=[
             {"name": "REPLAY_ALLOWED_TARGETS", "value": ",".join(replay_targets(config))},
+            {"name": ANALYSIS_ENV, "value": json.dumps(config.analysis.model_dump(by_alias=True, mode="json"))},
+            {"name": PROMETHEUS_ENV, "value": charts.PROMETHEUS_URL},
+            {"name": MODEL_ENV, "value": config.model.name},
             {"name": "FRAUD_HOME", "value": "/tmp/fraud"},
             {"name": "HOME", "value": "/tmp"},
         ],
@@ -53,13 +93,13 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
         },
         volume_mounts=[tmp_mount],
     )
-    deploy = k8s.deployment(
-        REPLAY,
-        NS,
-        meta(REPLAY)["labels"],
-        {"automountServiceAccountToken": False, "containers": [container], "volumes": [tmp_volume]},
-        pod_labels=pod_labels,
-    )
+    pod_spec: dict[str, Any] = {"automountServiceAccountToken": blue_green, "containers": [container]}
+    pod_spec["volumes"] = [tmp_volume]
+    if blue_green:
+        pod_spec["serviceAccountName"] = REPLAY
+    deploy = k8s.deployment(REPLAY, NS, meta(REPLAY)["labels"], pod_spec, pod_labels=pod_labels)
+    # One pod holds each rollout's evidence: never two at once.
+    deploy["spec"]["strategy"] = {"type": "Recreate"}
     svc = k8s.service(
         REPLAY,
         NS,
@@ -67,22 +107,45 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
         [{"name": "http", "port": REPLAY_PORT, "targetPort": "http"}],
         obj_labels=object_labels(REPLAY),
     )
-    return [deploy, svc]
+    objects = [deploy, svc]
+    if blue_green:
+        objects += pod_reader_objects()
+    return objects
 
 
-def replay_parameters(config: StackConfig, target: str, *, warmup: bool = False) -> dict[str, str]:
-    """Webhook metadata for the replay (strings, as Flagger's metadata map requires)."""
-    a = config.analysis
-    frauds = a.min_labelled_frauds * (WARMUP_FRAUD_MULTIPLE if warmup else 1)
-    # A rollout webhook must finish within the interval it runs in; the warm-up may take longer.
-    seconds = 300 if warmup else max(10, int(a.interval_seconds * 0.75))
+def pod_reader_objects() -> list[dict[str, Any]]:
+    """ServiceAccount, Role (get/list pods in the fraud namespace, nothing else) and RoleBinding."""
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta(REPLAY),
+        "automountServiceAccountToken": False,
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta(REPLAY),
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(REPLAY),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": REPLAY},
+        "subjects": [{"kind": "ServiceAccount", "name": REPLAY, "namespace": NS}],
+    }
+    return [account, role, binding]
+
+
+def replay_parameters(config: StackConfig) -> dict[str, str]:
+    """Replay overrides a controller sends with each interval (strings, as Flagger's metadata requires)."""
     return {
-        "target": target,
         "model": config.model.name,
-        "minFrauds": str(frauds),
-        "timeoutSeconds": str(seconds),
+        "transactions": str(interval_transactions(config)),
+        "timeoutSeconds": str(replay_seconds(config)),
     }
 
 
-def _webhook_timeout(params: Mapping[str, str]) -> str:
-    return f"{int(float(params['timeoutSeconds'])) + 15}s"
+def webhook_timeout(config: StackConfig) -> str:
+    """A Flagger webhook's timeout: the replay's time plus the look and the answer."""
+    return f"{replay_seconds(config) + 15}s"

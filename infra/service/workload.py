@@ -23,6 +23,7 @@ from infra.service.names import (
     meta,
     object_labels,
 )
+from rollout import analysis
 from serving.faults import MODE_ENV
 from serving.feedback import SIGNING_KEY_ENV
 from serving.settings import (
@@ -206,6 +207,9 @@ def service_monitor(config: StackConfig) -> dict[str, Any]:
         "spec": {
             "selector": {"matchLabels": {"app.kubernetes.io/name": METRICS_SERVICE}},
             "namespaceSelector": {"matchNames": [NS]},
+            # Pod identity on every series, so the analysis selects the candidate's (or the primary's) pods
+            # and never blends both by version label (rollout/analysis.py: FLAGGER, ARGO).
+            "podTargetLabels": list(analysis.POD_TARGET_LABELS),
             "endpoints": endpoints,
         },
     }

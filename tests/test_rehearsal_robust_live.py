@@ -82,7 +82,7 @@ def start_and_wait_for_analysis(home: Path, log: Path) -> tuple[subprocess.Popen
         proc = subprocess.Popen(
             [sys.executable, "-c", REHEARSAL, str(home), "run"], cwd=ROOT, stderr=stderr, start_new_session=True
         )
-    wait_until(lambda: "step 1 (canary" in log.read_text() or proc.poll() is not None, "analysis step 1", 300)
+    wait_until(lambda: "step 1 (" in log.read_text() or proc.poll() is not None, "analysis step 1", 300)
     assert proc.poll() is None, log.read_text()
     (folder,) = [p.parent for p in (home / "reports" / "rehearsal").glob("*/rehearsal.json") if "killed" not in str(p)]
     return proc, json.loads((folder / "rehearsal.json").read_text()), folder

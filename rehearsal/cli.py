@@ -39,6 +39,22 @@ def register(commands: Any, bench: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON record on stdout")
     parser.set_defaults(handler=run)
 
+    stop_bench = bench.add_parser(
+        "rehearsal-stop",
+        help="stop a real rehearsal at its first analysis step; seconds until nothing of it is left",
+        description=(
+            "Runs fraudctl rehearse in $FRAUD_HOME (models are trained the first time), sends it --signal at its "
+            "first analysis step and measures, from /proc, the seconds until its ports are free, its processes "
+            "gone and its folders removed."
+        ),
+    )
+    stop_bench.add_argument("--signal", choices=("KILL", "TERM", "INT"), default="KILL", help="default KILL")
+    stop_bench.add_argument("--runs", type=int, default=3, help="rehearsals to stop (default 3)")
+    stop_bench.add_argument("--interval", type=float, default=5.0, help="the rehearsal's --interval (default 5)")
+    stop_bench.add_argument("--stack", default="dev", help="the rehearsal's --stack (default dev)")
+    stop_bench.add_argument("--json", action="store_true", help="print JSON (the only output format)")
+    stop_bench.set_defaults(handler=_bench_stop)
+
 
 def _validate(args: argparse.Namespace) -> None:
     if args.inject_fault is None and "--at-step" in sys.argv[1:]:
@@ -75,3 +91,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     return int(data["exit_code"])
+
+
+def _bench_stop(args: argparse.Namespace) -> int:
+    import signal
+
+    from model.paths import fraud_home
+    from rehearsal.bench import BenchError, run_bench
+
+    if not 1 <= args.runs <= 20:
+        raise UsageError(f"--runs: must be between 1 and 20, got {args.runs}")
+    if not 2 <= args.interval <= 600:
+        raise UsageError(f"--interval: must be between 2 and 600 seconds, got {args.interval:g}")
+    try:
+        result = run_bench(
+            signal.Signals[f"SIG{args.signal}"],
+            args.runs,
+            fraud_home(),
+            ["--interval", f"{args.interval:g}", "--stack", args.stack],
+        )
+    except BenchError as error:
+        print(f"fraudctl bench rehearsal-stop: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0

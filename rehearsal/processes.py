@@ -112,8 +112,8 @@ def _command(pid: int) -> str:
     return " ".join([name, *words[1:3]]) if len(words) > 2 and words[1] == "-m" else name
 
 
-def _listening_ports(pids: Iterable[int]) -> dict[int, tuple[int, ...]]:
-    """TCP ports each process listens on: its socket inodes matched against /proc/net/tcp{,6}."""
+def _listening_sockets() -> dict[str, int]:
+    """Socket inode -> port of every TCP socket in LISTEN state (/proc/net/tcp and tcp6)."""
     inode_port: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
@@ -121,6 +121,17 @@ def _listening_ports(pids: Iterable[int]) -> dict[int, tuple[int, ...]]:
                 cols = line.split()
                 if len(cols) > 9 and cols[3] == _TCP_LISTEN:
                     inode_port[cols[9]] = int(cols[1].rsplit(":", 1)[1], 16)
+    return inode_port
+
+
+def listening_ports() -> set[int]:
+    """Every TCP port some process listens on (of this network namespace)."""
+    return set(_listening_sockets().values())
+
+
+def _listening_ports(pids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+    """TCP ports each process listens on: its socket inodes matched against /proc/net/tcp{,6}."""
+    inode_port = _listening_sockets()
     found: dict[int, tuple[int, ...]] = {}
     for pid in pids:
         ports: set[int] = set()

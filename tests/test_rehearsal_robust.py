@@ -551,3 +551,10 @@ def test_prometheus_killed_is_a_typed_no_data_error_and_a_start_cut_short_leaves
         cut.start()
     (pid, folder), = seen
     assert not running(pid) and not folder.exists() and cut.pid is None
+
+
+def test_the_stop_benchmark_refuses_bad_flags_in_one_line(capsys):
+    from fraudctl.cli import main
+
+    assert main(["bench", "rehearsal-stop", "--runs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "fraudctl bench: --runs: must be between 1 and 20, got 0"

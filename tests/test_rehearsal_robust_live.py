@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from rehearsal.processes import processes_of_run, scratch_folder
+from rehearsal.processes import listening_ports, processes_of_run, scratch_folder
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +58,8 @@ def wait_until(condition: Any, what: str, seconds: float) -> None:
 
 
 def listening(ports: set[int]) -> set[int]:
-    """Which of ``ports`` some process still listens on (/proc/net/tcp{,6}, state LISTEN)."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A":
-                found.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return found & ports
+    """Which of ``ports`` some process still listens on."""
+    return listening_ports() & ports
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,31 @@ def register(commands: Any, bench: Any) -> None:
     )
     parser.add_argument("--fraud-share", type=float, default=0.2, help="share of frauds in the replayed traffic")
     parser.add_argument(
-        "--report", type=Path, default=None, help="report folder (default $FRAUD_HOME/reports/rehearsal)"
+        "--report",
+        type=Path,
+        default=None,
+        help="folder for the reports: one folder per run and a 'latest' link (default $FRAUD_HOME/reports/rehearsal)",
     )
     parser.add_argument("--data", default=None, help="dataset: a local path or URL (default: the cached ULB file)")
     parser.add_argument("--ignore-gate", action="store_true", help="roll out even if the offline gate rejects v2")
     parser.add_argument("--json", action="store_true", help="print the JSON record on stdout")
     parser.set_defaults(handler=run)
+
+    stop_bench = bench.add_parser(
+        "rehearsal-stop",
+        help="stop a real rehearsal at its first analysis step; seconds until nothing of it is left",
+        description=(
+            "Runs fraudctl rehearse in $FRAUD_HOME (models are trained the first time), sends it --signal at its "
+            "first analysis step and measures, from /proc, the seconds until its ports are free, its processes "
+            "gone and its folders removed."
+        ),
+    )
+    stop_bench.add_argument("--signal", choices=("KILL", "TERM", "INT"), default="KILL", help="default KILL")
+    stop_bench.add_argument("--runs", type=int, default=3, help="rehearsals to stop (default 3)")
+    stop_bench.add_argument("--interval", type=float, default=5.0, help="the rehearsal's --interval (default 5)")
+    stop_bench.add_argument("--stack", default="dev", help="the rehearsal's --stack (default dev)")
+    stop_bench.add_argument("--json", action="store_true", help="print JSON (the only output format)")
+    stop_bench.set_defaults(handler=_bench_stop)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -50,8 +68,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 on a rollout decision, 1 when the gate rejects the candidate or something fails, 2 for bad input or
+    local state, 128+N on signal N (130 Ctrl-C, 143 SIGTERM); every one but bad input leaves a report."""
     from infra.config import ConfigError, load_stack
-    from rehearsal.run import GateRejected, RehearsalOptions, rehearse
+    from rehearsal.run import RehearsalOptions, rehearse
 
     _validate(args)
     try:
@@ -67,13 +87,31 @@ def run(args: argparse.Namespace) -> int:
         data_source=args.data,
         ignore_gate=args.ignore_gate,
     )
-    # SIGTERM stops everything the same way Ctrl-C does: servers and Prometheus are torn down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        data = rehearse(config, options)
-    except GateRejected as error:
-        print(f"fraudctl rehearse: {error}", file=sys.stderr)
-        return 1
+    data = rehearse(config, options)  # handles Ctrl-C, SIGTERM and SIGHUP itself (rehearsal/processes.py)
     if args.json:
         print(json.dumps(data, indent=2))
+    return int(data["exit_code"])
+
+
+def _bench_stop(args: argparse.Namespace) -> int:
+    import signal
+
+    from model.paths import fraud_home
+    from rehearsal.bench import BenchError, run_bench
+
+    if not 1 <= args.runs <= 20:
+        raise UsageError(f"--runs: must be between 1 and 20, got {args.runs}")
+    if not 2 <= args.interval <= 600:
+        raise UsageError(f"--interval: must be between 2 and 600 seconds, got {args.interval:g}")
+    try:
+        result = run_bench(
+            signal.Signals[f"SIG{args.signal}"],
+            args.runs,
+            fraud_home(),
+            ["--interval", f"{args.interval:g}", "--stack", args.stack],
+        )
+    except BenchError as error:
+        print(f"fraudctl bench rehearsal-stop: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
     return 0

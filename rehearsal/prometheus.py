@@ -19,9 +19,15 @@ from typing import Any
 import httpx
 import yaml
 
+from fraudctl.lifetime import parent_death_signal
+
 
 class PrometheusError(RuntimeError):
     """Prometheus is missing, did not start, or rejected a query."""
+
+
+class PrometheusUnavailable(PrometheusError):
+    """Prometheus stopped answering (exited, killed, or not listening): there is no data, not a bad value."""
 
 
 def free_port() -> int:
@@ -76,6 +82,7 @@ class PrometheusProcess:
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
+        self._log: Any = None
         self._client = httpx.Client(timeout=10.0)
 
     @property
@@ -87,12 +94,20 @@ class PrometheusProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> PrometheusProcess:
+        try:
+            self._start(timeout)
+        except BaseException:  # a signal or a failed start: no process, port or folder left behind
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
         binary = prometheus_binary()
         self._dir = Path(tempfile.mkdtemp(prefix="fraud-prometheus-"))
         config_path = self._dir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(scrape_config(self.targets, self.scrape_interval_seconds)))
         self.port = free_port()
-        log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 - closed by the process lifetime
+        self._log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [
                 binary,
@@ -102,9 +117,10 @@ class PrometheusProcess:
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],
-            stdout=log,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=parent_death_signal(),  # SIGTERM when this process dies, even by SIGKILL
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -112,19 +128,37 @@ class PrometheusProcess:
                 raise PrometheusError(f"prometheus exited at start: {self.log_tail()}")
             try:
                 if self._client.get(f"{self.url}/-/ready").status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        self.stop()
         raise PrometheusError(f"prometheus not ready after {timeout:.0f}s")
+
+    def _unavailable(self, error: Exception) -> PrometheusUnavailable:
+        exited = self._proc.poll() if self._proc is not None else None
+        if self._proc is None:
+            why = "it is not running"
+        elif exited is not None and exited < 0:
+            why = f"the process (pid {self._proc.pid}) was killed by {signal.Signals(-exited).name}"
+        elif exited is not None:
+            why = f"the process (pid {self._proc.pid}) exited with code {exited}"
+        else:
+            why = f"{type(error).__name__}: {error}"
+        return PrometheusUnavailable(f"Prometheus on {self.url} stopped answering ({why})")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP call to Prometheus; a dead or silent Prometheus is PrometheusUnavailable, never httpx's error."""
+        try:
+            return self._client.request(method, f"{self.url}{path}", **kwargs)
+        except (httpx.TransportError, RuntimeError) as error:  # RuntimeError: the client was closed by stop()
+            raise self._unavailable(error) from None
 
     def set_targets(self, targets: list[ScrapeTarget]) -> None:
         """Swap the scrape targets in place (a config reload), keeping all data gathered so far."""
         assert self._dir is not None
         self.targets = targets
         (self._dir / "prometheus.yml").write_text(yaml.safe_dump(scrape_config(targets, self.scrape_interval_seconds)))
-        response = self._client.post(f"{self.url}/-/reload")
+        response = self._request("POST", "/-/reload")
         if response.status_code != 200:
             raise PrometheusError(f"reload refused: {response.status_code} {response.text}")
         self.wait_for_targets()
@@ -136,9 +170,15 @@ class PrometheusProcess:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def query(self, promql: str) -> float | None:
-        """The single value of an instant query; None when the result is empty (no data)."""
-        response = self._client.get(f"{self.url}/api/v1/query", params={"query": promql})
-        body = response.json()
+        """The single value of an instant query; None when the result is empty (no data).
+
+        Raises PrometheusUnavailable when Prometheus does not answer (a caller may read that as no data) and
+        PrometheusError when it refuses the query."""
+        response = self._request("GET", "/api/v1/query", params={"query": promql})
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrometheusError(f"query answered {response.status_code} without JSON: {promql}") from None
         if body.get("status") != "success":
             raise PrometheusError(f"query rejected: {body.get('error', response.text)}: {promql}")
         data = body["data"]
@@ -174,6 +214,9 @@ class PrometheusProcess:
                     self._proc.wait(timeout=10)
         self._proc = None
         self._client.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

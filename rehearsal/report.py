@@ -1,23 +1,114 @@
-"""The rehearsal report: a Markdown summary, a JSON record and PNG charts of the rollout over time."""
+"""The rehearsal report: a Markdown summary, a JSON record and PNG charts of the rollout over time.
+
+Every run gets its own folder, ``<base>/<UTC timestamp>-<strategy>[-<fault>]`` (``-2``, ``-3``... when two
+runs start within the same second), and ``<base>/latest`` points at the newest finished report. The record
+(``rehearsal.json``) is written as soon as the folder exists (decision ``running``) and after every step, so
+even a rehearsal killed outright leaves what it decided so far; its next run marks it ``killed``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rehearsal.engine import RolloutOutcome
+from fraudctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from rehearsal.engine import RolloutOutcome
+
+LATEST = "latest"
+RECORD = "rehearsal.json"
+SUMMARY = "summary.md"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unusable(path: Path, error: OSError) -> UsageError:
+    return UsageError(f"{path}: {error.strerror or error} (the rehearsal writes its reports there)")
+
+
+def check_report_base(base: Path) -> None:
+    """The folder that holds the run folders can be created and written, and ``latest`` is ours to replace."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        probe = base / f".write-probe-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise _unusable(base, error) from None
+    latest = base / LATEST
+    if latest.exists() and not latest.is_symlink():
+        raise UsageError(
+            f"{latest}: is not a symlink; move it away (the rehearsal keeps it pointing at the newest report)"
+        )
+
+
+def new_run_folder(base: Path, strategy: str, fault: str | None, now: float | None = None) -> Path:
+    """A new, empty folder for one run; never one another run has (mkdir is the tie-breaker)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    name = f"{stamp}-{strategy}" + (f"-{fault}" if fault else "")
+    for attempt in range(1, 1000):
+        folder = base / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise _unusable(folder, error) from None
+    raise UsageError(f"{base}: 999 run folders named {name}; remove some")
+
+
+def point_latest(base: Path, folder: Path) -> Path:
+    """Make ``<base>/latest`` point at ``folder``, atomically (a new symlink renamed over the old one)."""
+    latest = base / LATEST
+    tmp = base / f".{LATEST}.{os.getpid()}.{secrets.token_hex(4)}"
+    os.symlink(os.path.relpath(folder, base), tmp)
+    try:
+        os.replace(tmp, latest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return latest
+
+
+def write_record(folder: Path, data: dict[str, Any]) -> Path:
+    """The JSON record alone (cheap: written after every step)."""
+    path = folder / RECORD
+    _atomic_write(path, json.dumps(data, indent=2).encode())
+    return path
+
+
+def mark_killed(folder: Path, reason: str) -> bool:
+    """Turn the record of a run that died mid-way (decision ``running``) into a ``killed`` report."""
+    path = folder / RECORD
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("decision") != "running":
+        return False
+    data["decision"] = "killed"
+    data["reason"] = reason
+    write_record(folder, data)
+    _atomic_write(folder / SUMMARY, summary_markdown(data, []).encode())
+    return True
 
 
 def _series(outcome: RolloutOutcome) -> tuple[list[float], list[int], dict[str, dict[str, list[float | None]]]]:
@@ -79,7 +170,8 @@ def write_charts(outcome: RolloutOutcome, thresholds: dict[str, float], out: Pat
 
 
 def record(outcome: RolloutOutcome, tally: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """The JSON record (`fraudctl rehearse --json` prints it)."""
+    """The JSON record (`fraudctl rehearse --json` prints it). ``tally`` is None when no traffic was sent yet."""
+    failed = tally.failed if tally is not None else {}
     return {
         "decision": outcome.decision,
         "reason": outcome.reason,
@@ -105,48 +197,78 @@ def record(outcome: RolloutOutcome, tally: Any, extra: dict[str, Any]) -> dict[s
             }
             for s in outcome.steps
         ],
-        "requests_total": tally.requests,
-        "primary_failed": tally.failed.get(extra["stable_version"], 0),
-        "candidate_failed": tally.failed.get(extra["candidate_version"], 0),
-        "candidate_bad_served": tally.answered_while_faulty,
-        "replay_to_faulty_candidate": tally.replayed_to_faulty,
-        "feedback_posted": tally.feedback_posted,
-        "feedback_rejected": tally.feedback_rejected,
+        "requests_total": tally.requests if tally is not None else 0,
+        "primary_failed": failed.get(extra["stable_version"], 0),
+        "candidate_failed": failed.get(extra["candidate_version"], 0),
+        "candidate_bad_served": tally.answered_while_faulty if tally is not None else 0,
+        "replay_to_faulty_candidate": tally.replayed_to_faulty if tally is not None else 0,
+        "feedback_posted": tally.feedback_posted if tally is not None else 0,
+        "feedback_rejected": tally.feedback_rejected if tally is not None else 0,
         "seconds_to_rollback": outcome.seconds_to_rollback,
         "duration_seconds": round(outcome.ended - outcome.started, 2),
         **extra,
     }
 
 
+def _describe_check(check: dict[str, Any]) -> str:
+    value = "no data" if check.get("value") is None else format(check["value"], ".4g")
+    op = ">=" if check.get("direction") == "min" else "<="
+    verdict = "ok" if check.get("passed") else "**FAIL**"
+    return f"{check.get('name')} {value} {op} {check.get('threshold', 0):g} {verdict}"
+
+
 def summary_markdown(data: dict[str, Any], charts: list[Path]) -> str:
+    """The report a person reads; works on any record, also one cut short (no steps, no traffic yet)."""
     lines = [
-        f"# Rollout rehearsal: {data['decision']}",
+        f"# Rollout rehearsal: {data.get('decision', '?')}",
         "",
-        f"- strategy: **{data['strategy']}**, {data['stable_version']} (stable) -> "
-        f"{data['candidate_version']} (candidate)",
-        f"- decision: **{data['decision']}**: {data['reason']}",
-        f"- requests: {data['requests_total']} (stable failed {data['primary_failed']}, candidate failed "
-        f"{data['candidate_failed']}, answered by a faulty candidate {data['candidate_bad_served']})",
-        f"- labelled feedback posted: {data['feedback_posted']} (rejected {data['feedback_rejected']})",
+        f"- strategy: **{data.get('strategy', '?')}**, {data.get('stable_version', '?')} (stable) -> "
+        f"{data.get('candidate_version', '?')} (candidate)",
+        f"- decision: **{data.get('decision', '?')}**: {data.get('reason', '')}",
+    ]
+    if data.get("stopped_during"):
+        lines.append(f"- stopped while: {data['stopped_during']}")
+    lines += [
+        f"- requests: {data.get('requests_total', 0)} (stable failed {data.get('primary_failed', 0)}, candidate "
+        f"failed {data.get('candidate_failed', 0)}, answered by a faulty candidate "
+        f"{data.get('candidate_bad_served', 0)})",
+        f"- labelled feedback posted: {data.get('feedback_posted', 0)} (rejected {data.get('feedback_rejected', 0)})",
     ]
     if data.get("fault"):
-        lines.append(f"- fault: {data['fault']}; seconds to rollback: {data['seconds_to_rollback']}")
-    lines += ["", "| step | phase | weight | checks | failed so far |", "|---|---|---|---|---|"]
-    for step in data["steps"]:
-        checks = "; ".join(
-            f"{c['name']} {'no data' if c['value'] is None else format(c['value'], '.4g')} "
-            f"{'>=' if c['direction'] == 'min' else '<='} {c['threshold']:g} {'ok' if c['passed'] else '**FAIL**'}"
-            for c in step["checks"]
-        )
-        lines.append(f"| {step['index']} | {step['phase']} | {step['weight']}% | {checks} | {step['failed_checks']} |")
-    lines += ["", "## Charts", ""]
-    lines += [f"![{chart.stem}]({chart.name})" for chart in charts]
+        lines.append(f"- fault: {data['fault']}; seconds to rollback: {data.get('seconds_to_rollback')}")
+    if data.get("children_left_running"):
+        described = ", ".join(f"{c['command']} (pid {c['pid']})" for c in data["children_left_running"])
+        lines.append(f"- processes the rig left running, stopped at the end: {described}")
+    steps = data.get("steps") or []
+    if steps:
+        lines += ["", "| step | phase | weight | checks | failed so far |", "|---|---|---|---|---|"]
+        for step in steps:
+            checks = "; ".join(_describe_check(c) for c in step.get("checks", []))
+            lines.append(
+                f"| {step.get('index')} | {step.get('phase')} | {step.get('weight')}% | {checks} "
+                f"| {step.get('failed_checks')} |"
+            )
+    else:
+        lines += ["", "No analysis step was completed."]
+    if charts:
+        lines += ["", "## Charts", ""]
+        lines += [f"![{chart.stem}]({chart.name})" for chart in charts]
     return "\n".join(lines) + "\n"
 
 
-def write_report(outcome: RolloutOutcome, data: dict[str, Any], thresholds: dict[str, float], out: Path) -> list[Path]:
+def write_report(
+    outcome: RolloutOutcome, data: dict[str, Any], thresholds: dict[str, float], out: Path, *, log: Any = None
+) -> list[Path]:
+    """Record, summary and charts into ``out``. The record comes first; a chart that fails to draw is skipped
+    (and logged) rather than costing the rest of the report."""
     out.mkdir(parents=True, exist_ok=True)
-    charts = write_charts(outcome, thresholds, out)
-    _atomic_write(out / "rehearsal.json", json.dumps(data, indent=2).encode())
-    _atomic_write(out / "summary.md", summary_markdown(data, charts).encode())
-    return [out / "summary.md", out / "rehearsal.json", *charts]
+    write_record(out, data)
+    charts: list[Path] = []
+    if outcome.steps:
+        try:
+            charts = write_charts(outcome, thresholds, out)
+        except Exception as error:  # matplotlib trouble must not cost the record and summary
+            if log is not None:
+                log(f"charts not drawn: {type(error).__name__}: {error}")
+    _atomic_write(out / SUMMARY, summary_markdown(data, charts).encode())
+    return [out / SUMMARY, out / RECORD, *charts]

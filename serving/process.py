@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from fraudctl.lifetime import parent_death_signal
 from serving.faults import MODE_ENV, RATE_ENV
 from serving.feedback import PREVIOUS_SIGNING_KEY_ENV, SIGNING_KEY_ENV
 from serving.protocol import FEEDBACK_PATH, METRICS_PATH, infer_path
@@ -195,6 +196,7 @@ class MLServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=parent_death_signal(),  # SIGTERM when this process dies, even by SIGKILL
         )
         try:
             self._wait_ready()

@@ -13,15 +13,9 @@ from render_support import rendered
 from infra.verify.checks import CHECKS, format_table, platform_of, run_checks
 from infra.verify.platform import Platform, PlatformObject
 
-# Findings verify reports on the current tree in what another engineer is finishing (defect 4, branch
-# `wiring`). Every other check must pass on every stack.
-KNOWN_FINDINGS = {
-    # Defect 4: the canary checks now select the candidate by the pod label the ServiceMonitor copies onto
-    # series (podTargetLabels: app_kubernetes_io_name, rollouts_pod_template_hash); verify's series model does
-    # not know those labels yet.
-    "canary-candidate": ("also matches the serving version's pods",),
-    "metrics": ("has no label 'app_kubernetes_io_name'", "has no label 'rollouts_pod_template_hash'"),
-}
+# Findings verify reports on the current tree that another engineer is still fixing: none. Every check must pass
+# on every stack.
+KNOWN_FINDINGS: dict[str, tuple[str, ...]] = {}
 
 
 @functools.cache
@@ -410,10 +404,8 @@ def _template_query(platform: Platform, query: str) -> Callable[[list[PlatformOb
 def test_canary_candidate_catches_a_check_that_reads_the_primary_too() -> None:
     """Defect 4: namespace + model_version also select the primary when both carry the same label."""
     platform = base()
-    blended = (
-        'sum(rate(fraud_requests_total{namespace="{{ namespace }}",'
-        'model_version="{{ variables.candidate_version }}"}[{{ interval }}]))'
-    )
+    # The selector before the fix: the namespace and the rolled-out version's label.
+    blended = 'sum(rate(fraud_requests_total{namespace="{{ namespace }}",model_version="v2"}[{{ interval }}]))'
     found = failures(variant(platform, _template_query(platform, blended)), "canary-candidate")
     assert any(
         f.startswith(
@@ -434,36 +426,56 @@ def test_canary_candidate_catches_a_check_that_reads_the_primary_too() -> None:
     assert any("fraud-success-rate" in f and "selects none of the candidate's series" in f for f in found)
 
 
-def test_canary_candidate_accepts_the_new_pod_template_hash_for_argo() -> None:
+def test_canary_candidate_catches_a_blue_green_check_that_reads_the_active_pods_too() -> None:
     """Blue-green: preview and active pods differ only by their pod template hash (Argo's
-    ``podTemplateHashValue: Latest`` argument), so a check must select on it."""
+    ``podTemplateHashValue: Latest`` argument); the version label alone blends both (defect 4)."""
     platform = base("dev", strategy="blue-green")
-    by_hash = (
-        'sum(rate(fraud_requests_total{namespace="{{args.namespace}}",'
-        'rollouts_pod_template_hash="{{args.candidate_hash}}"}[1m]))'
-    )
+    assert not failures(platform, "canary-candidate")
+    by_version = 'sum(rate(fraud_requests_total{namespace="{{args.namespace}}",model_version="v2"}[1m]))'
 
-    def select_by_hash(objects: list[PlatformObject]) -> list[PlatformObject]:
+    def select_by_version(objects: list[PlatformObject]) -> list[PlatformObject]:
         out = []
         for item in objects:
-            if item.kind in ("AnalysisTemplate", "Rollout") and item.origin == "program":
+            if item.kind == "AnalysisTemplate" and item.name == "fraud-analysis":
                 obj = copy.deepcopy(item.obj)
-                if item.kind == "AnalysisTemplate" and obj["metadata"]["name"] == "fraud-analysis":
-                    obj["spec"]["args"].append({"name": "candidate_hash"})
-                    for metric in obj["spec"]["metrics"]:
-                        metric["provider"]["prometheus"]["query"] = by_hash
-                if item.kind == "Rollout":
-                    for phase in ("prePromotionAnalysis", "postPromotionAnalysis"):
-                        obj["spec"]["strategy"]["blueGreen"][phase]["args"].append(
-                            {"name": "candidate_hash", "valueFrom": {"podTemplateHashValue": "Latest"}}
-                        )
+                for metric in obj["spec"]["metrics"]:
+                    metric["provider"]["prometheus"]["query"] = by_version
                 item = PlatformObject(obj, item.origin, item.source)
             out.append(item)
         return out
 
-    before = failures(platform, "canary-candidate")
-    assert any("fraud-analysis" in f for f in before)
-    assert not [f for f in failures(variant(platform, select_by_hash), "canary-candidate") if "fraud-analysis" in f]
+    found = failures(variant(platform, select_by_version), "canary-candidate")
+    assert any("fraud-analysis" in f and "also matches the serving version's pods" in f for f in found), found
+
+
+def test_references_catch_a_controller_told_to_call_a_service_that_is_not_there() -> None:
+    platform = base()
+    assert not [f for f in failures(platform, "references") if "http://" in f]
+    hook = {
+        "name": "manual-promotion",
+        "type": "confirm-promotion",
+        "url": "http://flagger-loadtester.flagger-system/gate/check",
+    }
+    no_loadtester = variant(
+        variant(platform, edited("Canary", "fraud-detector", lambda o: o["spec"]["analysis"]["webhooks"].append(hook))),
+        lambda objects: [o for o in objects if o.origin != "helm:flagger-loadtester"],
+    )
+    found = failures(no_loadtester, "references")
+    assert any(
+        "http://flagger-loadtester.flagger-system/gate/check: Service flagger-system/flagger-loadtester does not exist"
+        in f
+        for f in found
+    ), found
+    wrong_port = variant(
+        platform,
+        edited(
+            "MetricTemplate",
+            "fraud-success-rate",
+            _set(("spec", "provider", "address"), "http://kube-prometheus-stack-prometheus.monitoring:9091"),
+            origin="program",
+        ),
+    )
+    assert any("has no port 9091" in f for f in failures(wrong_port, "references"))
 
 
 def test_canary_candidate_reports_a_template_function_flagger_does_not_have() -> None:
@@ -519,15 +531,30 @@ def test_istiod_runs_the_release_images() -> None:
 # The command
 
 
-def test_verify_cli_prints_a_table_and_exits_1_on_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_cli_prints_a_table_and_exits_1_on_a_failure(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fraudctl.cli import main
+    from infra.verify import checks
 
-    code = main(["verify", "--stack", "dev", "--check", "crds-once", "--check", "canary-candidate"])
-    out = capsys.readouterr().out
-    assert code == 1  # canary-candidate: defect 4 (KNOWN_FINDINGS)
-    assert "crds-once         pass" in out and "canary-candidate  FAIL" in out
-    assert out.strip().endswith("s)") and "stack dev: 1 check(s) failed" in out
     assert main(["verify", "--stack", "dev", "--check", "crds-once", "--check", "images"]) == 0
+    capsys.readouterr()
+    # A broken render (no valid stack produces one): the Canary's target Deployment is gone.
+    real = checks.platform_of
+    monkeypatch.setattr(
+        checks,
+        "platform_of",
+        lambda result, region: variant(
+            real(result, region),
+            lambda objects: [o for o in objects if not (o.kind == "Deployment" and o.name == "fraud-detector")],
+        ),
+    )
+    code = main(["verify", "--stack", "dev", "--check", "crds-once", "--check", "references", "--all-failures"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "crds-once         pass" in out and "references        FAIL" in out
+    assert "Canary/fraud/fraud-detector (program): Deployment fraud/fraud-detector does not exist" in out
+    assert out.strip().endswith("s)") and "stack dev: 1 check(s) failed" in out
 
 
 def test_verify_cli_exits_2_on_bad_config_or_an_unknown_check(capsys: pytest.CaptureFixture[str]) -> None:
@@ -540,9 +567,10 @@ def test_verify_cli_exits_2_on_bad_config_or_an_unknown_check(capsys: pytest.Cap
 
 
 def test_table_lists_every_check_with_status_count_and_first_failures() -> None:
-    results = run_checks(base(), ["renders", "canary-candidate"])
+    no_deployment = variant(base(), lambda objects: [o for o in objects if o.kind != "Deployment"])
+    results = run_checks(no_deployment, ["renders", "references"])
     table = format_table("local", results, limit=1)
     lines = table.splitlines()
     assert lines[0] == "region local" and lines[1].split() == ["check", "status", "count", "what"]
     assert lines[2].split()[:3] == ["renders", "pass", str(results[0].checked)]
-    assert "canary-candidate  FAIL" in table and "... and" in table
+    assert "references        FAIL" in table and "... and" in table

@@ -8,6 +8,7 @@ how many things it looked at and every failure; a region passes when every check
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -248,6 +249,7 @@ def _references(platform: Platform, result: CheckResult) -> None:
         _ingress_references(platform, refs, ingress)
     _flagger_references(refs, platform)
     _argo_references(refs, platform)
+    _url_references(refs, platform)
     for template in platform.pod_templates():
         _pod_references(refs, template)
     for binding in platform.of_kind("RoleBinding", "ClusterRoleBinding"):
@@ -367,6 +369,44 @@ def _argo_references(refs: _References, platform: Platform) -> None:
         workload = rollout.spec.get("workloadRef")
         if workload:
             refs.obj(rollout, workload.get("kind", ""), ns, workload.get("name", ""))
+
+
+_SERVICE_URL = re.compile(
+    r"^(?P<scheme>https?)://(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)(\.svc(\.cluster\.local)?)?"
+    r"(:(?P<port>\d+))?(/|$)"
+)
+
+
+def _in_cluster_urls(item: PlatformObject) -> Iterator[str]:
+    """The in-cluster addresses a rollout object makes its controller call: Flagger webhooks and metric
+    providers, Argo Rollouts' web and Prometheus metric providers."""
+    if item.kind == "Canary":
+        for hook in (item.spec.get("analysis") or {}).get("webhooks") or []:
+            yield str(hook.get("url", ""))
+    elif item.kind == "MetricTemplate":
+        yield str((item.spec.get("provider") or {}).get("address", ""))
+    elif item.kind in ("AnalysisTemplate", "ClusterAnalysisTemplate"):
+        for metric in item.spec.get("metrics") or []:
+            provider = metric.get("provider") or {}
+            yield str((provider.get("web") or {}).get("url", ""))
+            yield str((provider.get("prometheus") or {}).get("address", ""))
+
+
+def _url_references(refs: _References, platform: Platform) -> None:
+    """Every ``http://<service>.<namespace>...`` a controller is told to call is a Service of the platform
+    with that port (templated URLs, filled in by the controller at run time, are left out)."""
+    for item in platform.of_kind("Canary", "MetricTemplate", "AnalysisTemplate", "ClusterAnalysisTemplate"):
+        for url in _in_cluster_urls(item):
+            match = _SERVICE_URL.match(url)
+            if not match or "{{" in url or _external(match["namespace"]):
+                continue
+            port = int(match["port"] or (443 if match["scheme"] == "https" else 80))
+            found = platform.find("Service", match["namespace"], match["service"])
+            ports = [p.get("port") for p in (found[0].spec.get("ports") or [])] if found else []
+            where = f"{url}: Service {match['namespace']}/{match['service']}"
+            refs.need(item, f"{where} does not exist", bool(found))
+            if found:
+                refs.need(item, f"{where} has no port {port} (it has {ports})", port in ports)
 
 
 def _pod_references(refs: _References, template: PodTemplate) -> None:

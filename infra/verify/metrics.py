@@ -121,7 +121,7 @@ class ScrapeTarget:
         """Target labels and their value (None: varies per pod)."""
         job_label = self.monitor.spec.get("jobLabel")
         job = self.service.labels.get(job_label) if job_label else None
-        return {
+        values: dict[str, str | None] = {
             "namespace": self.service.namespace,
             "service": self.service.name,
             "job": job or self.service.name,
@@ -130,10 +130,23 @@ class ScrapeTarget:
             "pod": None,
             "instance": None,
         }
+        # prometheus-operator v0.78.2 pkg/prometheus/promcfg.go: each ``podTargetLabels`` entry relabels
+        # __meta_kubernetes_pod_label_<name> onto the target as the sanitised name (absent on pods without
+        # it); ``targetLabels`` does the same from the Service's labels.
+        for label in self.monitor.spec.get("podTargetLabels") or []:
+            values[_sanitised(str(label))] = self.pods.labels.get(str(label))
+        for label in self.monitor.spec.get("targetLabels") or []:
+            values[_sanitised(str(label))] = self.service.labels.get(str(label))
+        return values
 
     def describe(self) -> str:
         monitor, service = self.monitor, self.service
         return f"{monitor.namespace}/{monitor.name} -> {service.namespace}/{service.name}:{self.endpoint}"
+
+
+def _sanitised(label: str) -> str:
+    """A Kubernetes label name as a Prometheus label (prometheus-operator's sanitizeLabelName)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
 def _container_port(template: PodTemplate, target_port: Any) -> Iterator[tuple[str, int | None, str | None]]:
@@ -461,6 +474,10 @@ def workload_series(facts: Mapping[str, str], version: str) -> dict[str, dict[st
         candidate_workload = primary_workload = target
         candidate_pod, primary_pod = f"{target}-{CANDIDATE_HASH}-x2x4z", f"{target}-{STABLE_HASH}-k8s9q"
     common = {"namespace": namespace, "model_version": version, "destination_workload_namespace": namespace}
+    # The selector label's value as podTargetLabels carries it: Flagger rewrites it to ``<target>-primary``
+    # on the primary's pods (pkg/canary/util.go, makePrimaryLabels); Argo keeps the Rollout's on both.
+    name_label = "app_kubernetes_io_name"
+    candidate_name, serving_name = (target, f"{target}-primary") if facts["engine"] == "flagger" else (target, target)
     # Pod labels a ServiceMonitor may copy onto series (podTargetLabels, sanitised as Prometheus does).
     hash_label = "rollouts_pod_template_hash" if facts["engine"] == "argo" else "pod_template_hash"
     return {
@@ -469,8 +486,15 @@ def workload_series(facts: Mapping[str, str], version: str) -> dict[str, dict[st
             "pod": candidate_pod,
             "destination_workload": candidate_workload,
             hash_label: CANDIDATE_HASH,
+            name_label: candidate_name,
         },
-        "serving": {**common, "pod": primary_pod, "destination_workload": primary_workload, hash_label: STABLE_HASH},
+        "serving": {
+            **common,
+            "pod": primary_pod,
+            "destination_workload": primary_workload,
+            hash_label: STABLE_HASH,
+            name_label: serving_name,
+        },
     }
 
 

@@ -318,6 +318,20 @@ def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, root:
     return contextvars.Context().run(_run_isolated, stack, config, raw, secure, root)
 
 
+def _thread_event_loop() -> None:
+    """The SDK's mock engine creates futures on the thread's current event loop (asyncio.get_event_loop). Once
+    anything in the process has run ``asyncio.run`` (which ends by setting the current loop to None) there is
+    none, and a render would fail with "There is no current event loop": give the thread an open one."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: set[str], root: Path) -> RenderResult:
     import pulumi
     from pulumi.runtime import mocks
@@ -325,6 +339,7 @@ def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: 
     from pulumi.runtime.stack import run_in_stack, run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
+    _thread_event_loop()
     m, monitor = _build_mocks()
     pulumi.runtime.set_all_config(pulumi_config_map(raw), [f"{PROJECT}:{k}" for k in secure])
     # preview=False: with a preview the engine leaves outputs unknown and apply() callbacks never run.

@@ -163,7 +163,7 @@ class PredictionSigner:
         value = _key_setting(env, SIGNING_KEY_ENV)
         if not value:
             raise SigningKeyError(
-                f"{SIGNING_KEY_ENV} (or {SIGNING_KEY_ENV}{FILE_SUFFIX}) is not set: every replica needs the same "
+                f"{SIGNING_KEY_ENV} is not set (nor {SIGNING_KEY_ENV}{FILE_SUFFIX}): every replica needs the same "
                 f"secret key (at least {MIN_KEY_BYTES} bytes, e.g. `openssl rand -hex 32`) to sign prediction ids"
             )
         previous = _key_setting(env, PREVIOUS_SIGNING_KEY_ENV)

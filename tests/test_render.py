@@ -327,3 +327,18 @@ def test_every_rendered_object_validates_against_its_schema(stack: str, strategy
             group = group_of(obj["apiVersion"])
             if group not in BUILTIN_GROUPS:
                 assert (group, obj["kind"]) in registry.crd_kinds(), f"no CRD for {obj['apiVersion']} {obj['kind']}"
+
+
+def test_a_render_works_after_asyncio_run_in_the_same_process() -> None:
+    """asyncio.run leaves the thread without a current event loop; the mock engine needs one (an order-dependent
+    failure of the suite when a test using asyncio.run ran first on the same worker)."""
+    code = (
+        "import asyncio\n"
+        "async def nothing():\n    return None\n"
+        "asyncio.run(nothing())\n"
+        "from infra.render import run_program\n"
+        "print(len(run_program('dev').resources))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) > 50

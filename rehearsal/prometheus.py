@@ -7,7 +7,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,7 @@ import httpx
 import yaml
 
 from fraudctl.lifetime import parent_death_signal
+from serving.process import free_ports
 
 
 class PrometheusError(RuntimeError):
@@ -28,12 +28,6 @@ class PrometheusError(RuntimeError):
 
 class PrometheusUnavailable(PrometheusError):
     """Prometheus stopped answering (exited, killed, or not listening): there is no data, not a bad value."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prometheus_binary() -> str:
@@ -106,7 +100,7 @@ class PrometheusProcess:
         self._dir = Path(tempfile.mkdtemp(prefix="fraud-prometheus-"))
         config_path = self._dir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(scrape_config(self.targets, self.scrape_interval_seconds)))
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self._log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [

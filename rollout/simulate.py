@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fraudctl.files import write_bytes
 from rollout.decision import CELLS, Design
 from rollout.plan import (
     HALTED,
@@ -330,8 +331,6 @@ def write_chart(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from model.atomic import write_bytes
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     drops = [p["precision_drop"] for p in characteristic]

@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from serving.protocol import is_json_content_type
+
 MAX_BODY_ENV = "FRAUD_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -49,15 +51,10 @@ def _json_response(status: int, message: str) -> Any:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
 async def request_validation_handler(request: Any, exc: Any) -> Any:
     """Clear 4xx for request bodies FastAPI refused before the runtime saw them."""
     content_type = request.headers.get("content-type")
-    if content_type and not _is_json(content_type):
+    if content_type and not is_json_content_type(content_type):
         return _json_response(
             415, f"unsupported Content-Type {content_type!r}: send the request body as application/json"
         )

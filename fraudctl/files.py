@@ -1,4 +1,8 @@
-"""Write files so that readers see the old content or the new one, never half of either."""
+"""Write files so that readers see the old content or the new one, never half of either.
+
+A leaf module (stdlib only) every package may import: one way to replace a file atomically (a temporary
+file beside it, then ``os.replace``), whatever writes it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path`` for the caller to create (a file, or a symlink); on success it
+    replaces ``path`` in one rename, on error it is removed. The parent folder is created if needed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # A unique name, not created here: the writer creates it with the usual permissions (mkstemp's are 0600).
@@ -26,6 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data``, flushed to disk before the rename (a crash leaves old or new)."""
     with atomic_path(path) as temp, open(temp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -37,5 +43,6 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    return write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, payload: Any, *, sort_keys: bool = True) -> Path:
+    """``payload`` as indented JSON with a final newline; ``sort_keys=False`` keeps the mapping's order."""
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")

@@ -36,7 +36,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -44,12 +43,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from fraudctl.errors import UsageError
 from ops.replay import Holdout, PairedResult, ReplayError, holdout_loader, paired_replay, smoke
 from rollout import analysis
 from rollout.decision import Decision, SequentialAnalysis, Verdict
 from rollout.settings import AnalysisSettings
 
-log = logging.getLogger("fraud.decision")
+log = logging.getLogger(__name__)
 
 ALLOWED_TARGETS_ENV = "REPLAY_ALLOWED_TARGETS"
 ANALYSIS_ENV = "DECISION_ANALYSIS"  # the stack's analysis section as JSON (keys as in stack files)
@@ -281,10 +281,10 @@ class DecisionService:
             return
         try:
             self._holdout = self._load()
-            log.info("holdout loaded (%d transactions)", len(self._holdout.transactions))
+            log.info("decision: holdout loaded (%d transactions)", len(self._holdout.transactions))
         except Exception as exc:  # reported by /healthz; the pod stays unready instead of crash-looping
             self.load_error = f"holdout failed to load: {type(exc).__name__}: {exc}"
-            log.error("%s", self.load_error)
+            log.error("decision: %s", self.load_error)
 
     def stop(self) -> None:
         """Ask replays in flight to end at their next batch (shutdown)."""
@@ -315,7 +315,7 @@ class DecisionService:
                 self._rollouts[key] = state
                 while len(self._rollouts) > self.max_rollouts:
                     self._rollouts.popitem(last=False)
-                log.info("new rollout %s", key)
+                log.info("decision: new rollout %s", key)
             self._rollouts.move_to_end(key)
             return state
 
@@ -335,7 +335,7 @@ class DecisionService:
         try:
             return self.resolver.urls(namespace, pod_hash)
         except Exception as exc:  # the API server refused or is unreachable: no pods known
-            log.warning("resolving pods of %s failed: %s", pod_hash, exc)
+            log.warning("decision: resolving pods of %s failed: %s", pod_hash, exc)
             return []
 
     def _ready_holdout(self) -> Holdout:
@@ -371,7 +371,7 @@ class DecisionService:
                 state.decision = decision
             state.updated = time.time()
             log.info(
-                "%s interval %d: %s (%s); %d pairs, %d frauds; stable %s; candidate %s",
+                "decision: %s interval %d: %s (%s); %d pairs, %d frauds; stable %s; candidate %s",
                 key, state.intervals, state.decision.verdict.value, state.decision.reason, result.transactions,
                 result.labelled_frauds, _side_summary(result.stable), _side_summary(result.candidate),
             )  # fmt: skip
@@ -654,7 +654,7 @@ def create_app(service: DecisionService) -> Any:
         )
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("decision: unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
     routes = [
@@ -687,12 +687,10 @@ def settings_from_env() -> AnalysisSettings:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="decision: %(message)s", stream=sys.stderr)
     try:
         settings = settings_from_env()
-    except ReplayError as exc:
-        print(f"decision: {exc}", file=sys.stderr)
-        return 2
+    except ReplayError as exc:  # the Deployment's environment is the input here
+        raise UsageError(str(exc)) from None
     allowed = [t.strip() for t in os.environ.get(ALLOWED_TARGETS_ENV, "").split(",") if t.strip()]
     prometheus = os.environ.get(PROMETHEUS_ENV, "")
     from rollout.plan import pairs_per_interval
@@ -722,8 +720,9 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     threading.Thread(target=service.load, name="holdout", daemon=True).start()
     log.info(
-        "serving on %s:%d, targets %s, Prometheus %s", args.host, args.port, allowed or "any", prometheus or "none"
-    )
+        "decision: serving on %s:%d, targets %s, Prometheus %s",
+        args.host, args.port, allowed or "any", prometheus or "none",
+    )  # fmt: skip
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning", access_log=False)
     service.stop()
     return 0

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from fraudctl.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -111,7 +114,7 @@ def _bench_stop(args: argparse.Namespace) -> int:
             ["--interval", f"{args.interval:g}", "--stack", args.stack],
         )
     except BenchError as error:
-        print(f"fraudctl bench rehearsal-stop: {error}", file=sys.stderr)
+        log.error("bench rehearsal-stop: %s", error)
         return 1
     print(json.dumps(result, indent=2))
     return 0

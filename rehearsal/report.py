@@ -9,6 +9,7 @@ even a rehearsal killed outright leaves what it decided so far; its next run mar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 LATEST = "latest"
 RECORD = "rehearsal.json"
 SUMMARY = "summary.md"
+
+log = logging.getLogger(__name__)
 
 
 def _unusable(path: Path, error: OSError) -> UsageError:
@@ -236,7 +239,7 @@ def summary_markdown(data: dict[str, Any], charts: list[Path]) -> str:
 
 
 def write_report(
-    outcome: RolloutOutcome, data: dict[str, Any], thresholds: dict[str, float], out: Path, *, log: Any = None
+    outcome: RolloutOutcome, data: dict[str, Any], thresholds: dict[str, float], out: Path
 ) -> list[Path]:
     """Record, summary and charts into ``out``. The record comes first; a chart that fails to draw is skipped
     (and logged) rather than costing the rest of the report."""
@@ -247,7 +250,6 @@ def write_report(
         try:
             charts = write_charts(outcome, thresholds, out)
         except Exception as error:  # matplotlib trouble must not cost the record and summary
-            if log is not None:
-                log(f"charts not drawn: {type(error).__name__}: {error}")
+            log.warning(f"rehearse: charts not drawn: {type(error).__name__}: {error}")
     write_text(out / SUMMARY, summary_markdown(data, charts))
     return [out / SUMMARY, out / RECORD, *charts]

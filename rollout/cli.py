@@ -17,14 +17,13 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from fraudctl.errors import UsageError
 
-log = logging.getLogger("fraudctl.analysis")
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -78,15 +77,6 @@ def _stack_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds per interval (default analysis.interval; e.g. a rehearsal's compressed one)",
     )
-
-
-def _progress_to_stderr() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[analysis] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -178,7 +168,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     last = Design.from_settings(config.analysis).max_looks
     if args.fault_at > last:
         raise UsageError(f"--fault-at: must be at most {last} (analysis.horizon + the number of steps)")
-    _progress_to_stderr()
     started = time.monotonic()
     try:
         holdout = load_holdout(config, data_source=args.data)
@@ -196,7 +185,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "seconds": round(time.monotonic() - started, 1),
     }
-    log.info(f"simulate: chart {chart}")
+    log.info("simulate: chart %s", chart)
     print(json.dumps(result, indent=2) if args.json else format_simulation(result))
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from rollout.plan import (
 )
 from rollout.settings import AnalysisSettings
 
-log = logging.getLogger("fraudctl.analysis")
+log = logging.getLogger(__name__)
 
 SCENARIOS = ("healthy", "subtle", "broken", "primary-down")
 SUBTLE_DROP = 0.10
@@ -211,7 +210,6 @@ def simulate(
     rps: float | None = None,
     interval_seconds: float | None = None,
     subtle_drop: float = SUBTLE_DROP,
-    progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Per scenario: promote / rollback / halt rates and the median time to a decision."""
     if runs < 1:
@@ -239,7 +237,7 @@ def simulate(
             draw = scenario_draw(name, scenarios, pairs, size, fault_at)
             result.add(walk(design, steps, draw, size, rng, max_looks=design.max_looks))
             done += size
-            progress(f"simulate: {name}: {done:,}/{runs:,} rollouts")
+            log.info(f"simulate: {name}: {done:,}/{runs:,} rollouts")
         results[name] = result.summary(interval, fault_at)
     return {
         "runs": runs,
@@ -277,7 +275,6 @@ def operating_characteristic(
     rps: float | None = None,
     interval_seconds: float | None = None,
     drops: tuple[float, ...] = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2),
-    progress: Callable[[str], None] = log.info,
 ) -> list[dict[str, float]]:
     """P(roll back) and median decision time of the real candidate with its threshold lowered until its
     precision is ``drop`` below the stable's (0: as registered, when it is not already lower)."""
@@ -319,7 +316,7 @@ def operating_characteristic(
                 "median_seconds_to_decision": float(np.median(ended) * interval),
             }
         )
-        progress(f"simulate: operating characteristic {index + 1}/{len(drops)}")
+        log.info("simulate: operating characteristic %d/%d", index + 1, len(drops))
     return points
 
 
@@ -372,9 +369,9 @@ def load_holdout(config: Any, *, data_source: str | None = None, home: str | Pat
     from model.lifecycle import ensure_models
     from model.scenario import load_scenario
 
-    scenario = load_scenario(data_source, home=home, report=log.info)
+    scenario = load_scenario(data_source, home=home)
     versions = (config.model.stable_version, config.model.candidate_version)
-    registered = ensure_models(versions=versions, scenario=scenario, home=home, gate=config.gate, report=log.info)
+    registered = ensure_models(versions=versions, scenario=scenario, home=home, gate=config.gate)
     holdout = scenario.holdout
     features = holdout[list(FEATURE_COLUMNS)]
     stable, candidate = registered[versions[0]], registered[versions[1]]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -43,6 +44,8 @@ MAX_HEADER_BYTES = 64 * 1024
 BINARY_HEADER = b"inference-header-content-length"
 _MAX_ERRORS_LISTED = 5
 _SHOWN_NAME_CHARS = 64
+# Packages of the project whose code runs in the server (the runtime, the model artifact it loads).
+PROJECT_LOGGERS = ("fraudctl", "model", "serving")
 
 
 def _json_response(status: int, message: str) -> Any:
@@ -483,7 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlserver.logging import configure_logger
     from mlserver.utils import install_uvloop_event_loop
 
-    configure_logger()
+    # This process's logging, set up once: MLServer's handler (it re-applies its settings' format on start),
+    # which the project's own loggers share, so a model or serving warning reads like MLServer's own lines.
+    handlers = configure_logger().handlers
+    for name in PROJECT_LOGGERS:
+        project = logging.getLogger(name)
+        project.setLevel(logging.INFO)
+        project.propagate = False
+        for handler in handlers:
+            project.addHandler(handler)
     install_uvloop_event_loop()
     asyncio.run(serve(args[0], max_body))
     return 0

@@ -457,10 +457,11 @@ class DecisionService:
         stable, candidate = self._pods(namespace, stable_hash), self._pods(namespace, candidate_hash)
         state = self.interval(key, stable, candidate, selector, params)
         with state.lock:
-            if measurements and state.intervals >= measurements and state.decision.verdict is Verdict.UNDECIDED:
+            decision = state.decision  # set by interval(): every interval decides or halts
+            if measurements and state.intervals >= measurements and decision and decision.verdict is Verdict.UNDECIDED:
                 # Argo would count an undecided last measurement as a success: pause for a person instead.
                 why = f"the analysis run's {measurements} measurements ended before the analysis decided"
-                state.decision = _halt(state.decision, f"{why} ({state.decision.reason})")
+                state.decision = _halt(decision, f"{why} ({decision.reason})")
         return state
 
     # -- smoke ---------------------------------------------------------------------------------------

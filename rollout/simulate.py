@@ -38,6 +38,7 @@ from rollout.plan import (
     IntervalDraw,
     Walk,
     cell_probabilities,
+    multinomial_draw,
     pairs_per_interval,
     walk,
 )
@@ -153,7 +154,7 @@ def build_scenarios(holdout: ScoredHoldout, fraud_share: float, subtle_drop: flo
 def scenario_draw(name: str, scenarios: Scenarios, pairs: int, runs: int, fault_at: int) -> IntervalDraw:
     """The interval draws of one scenario."""
 
-    def draw(look: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def draw(look: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         faulty = look >= fault_at
         probabilities = {
             "healthy": scenarios.healthy,
@@ -298,12 +299,7 @@ def operating_characteristic(
         result = walk(
             design,
             len(settings.step_weights),
-            lambda look, rng, p=probabilities: (
-                rng.multinomial(pairs, p, size=runs),
-                np.zeros(runs),
-                np.zeros(runs),
-                np.full(runs, float(pairs)),
-            ),
+            multinomial_draw(probabilities, pairs, runs),
             runs,
             np.random.default_rng([seed, 100 + index]),
         )

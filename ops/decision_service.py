@@ -41,13 +41,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fraudctl.errors import UsageError
 from ops.replay import Holdout, PairedResult, ReplayError, holdout_loader, paired_replay, smoke
 from rollout import analysis
 from rollout.decision import Decision, SequentialAnalysis, Verdict
 from rollout.settings import AnalysisSettings
+
+if TYPE_CHECKING:
+    from ops.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -587,16 +590,15 @@ def _side_summary(side: Any) -> str:
 class KubePodResolver:
     """Ready model-server pods carrying ``rollouts-pod-template-hash=<hash>``, through the API server."""
 
-    def __init__(self, client: Any, *, port: int, workload_selector: str) -> None:
-        self.client = client
+    def __init__(self, cluster: Cluster, *, port: int, workload_selector: str) -> None:
+        self.cluster = cluster
         self.port = port
         self.workload_selector = workload_selector
 
     def urls(self, namespace: str, pod_template_hash: str) -> list[str]:
         selector = f"{self.workload_selector},{analysis.ARGO.pod_label}={pod_template_hash}"
-        pods = self.client.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)
         urls = []
-        for pod in pods.get("items", []):
+        for pod in self.cluster.list_pods(namespace, selector):
             status = pod.get("status", {})
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
             if ready and status.get("podIP") and not pod.get("metadata", {}).get("deletionTimestamp"):
@@ -703,11 +705,15 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     resolver = None
     if args.kubernetes:
-        from ops.kube import KubeClient, in_cluster_credentials
+        from ops.cluster import ClusterConfigError, connect
         from serving.settings import DEFAULT_HTTP_PORT
 
+        try:
+            cluster = connect(allow_in_cluster=True)  # the pod's service account (a kubeconfig elsewhere)
+        except ClusterConfigError as exc:
+            raise UsageError(f"--kubernetes: {exc}") from None
         resolver = KubePodResolver(
-            KubeClient(in_cluster_credentials()),
+            cluster,
             port=DEFAULT_HTTP_PORT,
             workload_selector="fraud-platform/workload=model-server",
         )

@@ -30,17 +30,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data``, flushed to disk before the rename (a crash leaves old or new)."""
+def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> Path:
+    """Replace ``path`` with ``data``. ``durable``: flushed to disk before the rename, so even a crash of the
+    machine leaves the old content or the new; a cache that may be lost passes False (no fsync)."""
     with atomic_path(path) as temp, open(temp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     return Path(path)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | Path, text: str, *, durable: bool = True) -> Path:
+    return write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def write_json(path: str | Path, payload: Any, *, sort_keys: bool = True) -> Path:

@@ -39,7 +39,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +59,7 @@ ANALYSIS_ENV = "DECISION_ANALYSIS"  # the stack's analysis section as JSON (keys
 PROMETHEUS_ENV = "DECISION_PROMETHEUS_URL"
 MODEL_ENV = "DECISION_MODEL"
 MAX_BODY_BYTES = 1 << 20
+Answer = tuple[int, dict[str, Any]]  # an HTTP status and its JSON body
 # Rollouts remembered at once; the oldest is forgotten first (a controller only ever asks about its latest).
 MAX_ROLLOUTS = 32
 APPROVED, HELD = 200, 403
@@ -626,29 +627,26 @@ def create_app(service: DecisionService) -> Any:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body: not JSON ({exc.__class__.__name__}: {exc})") from None
 
-    async def flagger(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        status, answer = await run_in_threadpool(service.flagger, request.path_params["hook"], body)
-        return JSONResponse(answer, status_code=status)
+    def posted(decide: Callable[[str, Any], Answer], parameter: str) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """A controller's POST: the JSON body and the path parameter to ``decide``, run off the event loop
+        (it replays for seconds)."""
 
-    async def argo(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        status, answer = await run_in_threadpool(service.argo, request.path_params["kind"], body)
-        return JSONResponse(answer, status_code=status)
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                body = await body_of(request)
+            except BadRequest as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            status, answer = await run_in_threadpool(decide, request.path_params[parameter], body)
+            return JSONResponse(answer, status_code=status)
 
-    async def healthz(request: Request) -> JSONResponse:
-        status, answer = service.healthz()
-        return JSONResponse(answer, status_code=status)
+        return endpoint
 
-    async def rollouts(request: Request) -> JSONResponse:
-        status, answer = service.rollouts()
-        return JSONResponse(answer, status_code=status)
+    def read(report: Callable[[], Answer]) -> Callable[[Request], Awaitable[JSONResponse]]:
+        async def endpoint(request: Request) -> JSONResponse:
+            status, answer = report()
+            return JSONResponse(answer, status_code=status)
+
+        return endpoint
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
@@ -661,10 +659,10 @@ def create_app(service: DecisionService) -> Any:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/rollouts", rollouts, methods=["GET"]),
-        Route("/flagger/{hook}", flagger, methods=["POST"]),
-        Route("/argo/{kind}", argo, methods=["POST"]),
+        Route("/healthz", read(service.healthz), methods=["GET"]),
+        Route("/rollouts", read(service.rollouts), methods=["GET"]),
+        Route("/flagger/{hook}", posted(service.flagger, "hook"), methods=["POST"]),
+        Route("/argo/{kind}", posted(service.argo, "kind"), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: server_error})
 

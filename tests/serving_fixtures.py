@@ -31,6 +31,12 @@ def labelled_rows(count: int, seed: int, fraud_share: float = 0.3) -> tuple[Any,
     return synthetic_transactions(count, seed, fraud_share=fraud_share)
 
 
+def expected(reference: Any, frame: Any) -> tuple[np.ndarray, list[bool]]:
+    """What a served model must answer for ``frame``: the in-process model's scores and flags."""
+    scores = np.asarray(reference.fraud_probability(frame))
+    return scores, (scores >= reference.threshold).tolist()
+
+
 def infer_body(frame: Any) -> dict[str, Any]:
     return build_infer_request(frame, FEATURE_NAMES)
 

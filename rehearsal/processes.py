@@ -364,6 +364,7 @@ class RunScope:
         """SIGTERM to every process of the run at once, without waiting: servers shut down in parallel, and
         whoever stops them one by one afterwards (the rig) only waits for the slowest."""
         children = self.children(with_ports=False)
+        log.debug("rehearse: SIGTERM to %s", ", ".join(c.describe() for c in children) or "no process")
         for child in children:
             _signal(child, signal.SIGTERM)
         return children

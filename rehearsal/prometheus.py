@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -20,6 +21,8 @@ import yaml
 
 from fraudctl.lifetime import parent_death_signal
 from serving.process import free_ports
+
+log = logging.getLogger(__name__)
 
 
 class PrometheusError(RuntimeError):
@@ -122,6 +125,7 @@ class PrometheusProcess:
                 raise PrometheusError(f"prometheus exited at start: {self.log_tail()}")
             try:
                 if self._client.get(f"{self.url}/-/ready").status_code == 200:
+                    log.debug("prometheus ready on %s: pid %d, its folder %s", self.url, self._proc.pid, self._dir)
                     return
             except httpx.HTTPError:
                 pass

@@ -154,8 +154,6 @@ def _seconds(value: float) -> str:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from model.data import DatasetError
-    from model.lifecycle import LifecycleError
     from model.paths import reports_dir
     from rollout.decision import Design
     from rollout.simulate import SimulationError, load_holdout, operating_characteristic, simulate, write_chart
@@ -174,7 +172,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         common = {"seed": args.seed, "rps": args.rps, "interval_seconds": args.interval}
         result = simulate(config.analysis, holdout, runs=args.runs, fault_at=args.fault_at, **common)
         characteristic = operating_characteristic(config.analysis, holdout, runs=max(500, args.runs // 5), **common)
-    except (DatasetError, LifecycleError, SimulationError) as error:
+    except SimulationError as error:  # the model package's own (no data, no models) are UsageErrors already
         raise UsageError(str(error)) from None
     chart = write_chart(args.chart or reports_dir() / "analysis-simulate.png", characteristic, result, config.analysis)
     result = {

@@ -563,3 +563,12 @@ def test_the_stop_benchmark_refuses_bad_flags_in_one_line(capsys):
 
     assert main(["bench", "rehearsal-stop", "--runs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "fraudctl bench: --runs: must be between 1 and 20, got 0"
+
+
+def test_at_step_without_a_fault_is_refused_from_the_parsed_flags(capsys):
+    from fraudctl.cli import main
+
+    # Called in process (argv given, sys.argv is pytest's): the flags parsed decide, not the process's argv.
+    assert main(["rehearse", "--at-step", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fraudctl rehearse: --at-step: only meaningful with --inject-fault error|degrade"

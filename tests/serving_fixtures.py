@@ -56,5 +56,9 @@ def outputs_of(response: httpx.Response) -> dict[str, list[Any]]:
 
 
 def run(coroutine_function: Callable[[], Awaitable[Any]]) -> Any:
-    """Run an async test body on a fresh event loop (MLServer's runtimes are async)."""
-    return asyncio.run(coroutine_function())
+    """Run an async test body on a fresh event loop (MLServer's runtimes are async) that is never made the
+    thread's current loop. asyncio.run() unsets the main thread's loop when it ends, and code asking for the
+    implicit loop afterwards fails: the Pulumi mocks of an offline render run later in the same xdist worker
+    raised "There is no current event loop" (tests/test_verify.py, depending on how tests were distributed)."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        return runner.run(coroutine_function())

@@ -62,7 +62,8 @@ def register(commands: Any, bench: Any) -> None:
 
 
 def _invalid(where: str, error: ConfigError) -> str:
-    return f"{where}: invalid configuration: {'; '.join(error.problems)}"
+    """Every problem on its own line under the stack it belongs to (as `pulumi preview` shows them)."""
+    return f"{where}: invalid configuration\n" + "\n".join(f"  {problem}" for problem in error.problems)
 
 
 def _run_stack(args: argparse.Namespace) -> Any:

@@ -176,7 +176,7 @@ def evaluate_models(
         found = find_registered(
             client, version, data_sha256=data_sha, params_hash=fingerprint(version, scenario_params, params)
         )
-        if found is None or found.model is None:
+        if found is None:
             raise LifecycleError(
                 f"{version} is not registered for this data and these params/code (or its costs differ from the "
                 f"gate's); run `fraudctl train --model-version {version}` first"
@@ -191,7 +191,6 @@ def evaluate_models(
     log.info(f"gate: scoring {len(holdout):,} holdout transactions ({int(labels.sum())} frauds) with both models")
     scores, metrics = {}, {}
     for version, model in registered.items():
-        assert model.model is not None
         scores[version] = model.model.fraud_probability(holdout[list(FEATURE_COLUMNS)])
         metrics[version] = holdout_metrics(
             version, labels, scores[version], model.threshold, settings,

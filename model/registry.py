@@ -62,7 +62,8 @@ class RegisteredModel:
     data_sha256: str
     params_hash: str
     reused: bool
-    model: FraudModel | None = field(default=None, repr=False, compare=False)
+    # The fitted model in memory: just trained, or loaded from the registry when reused.
+    model: FraudModel = field(repr=False, compare=False)
 
     @property
     def model_uri(self) -> str:
@@ -237,5 +238,11 @@ def register_trained(client: MlflowClient, experiment_id: str, trained: TrainedM
         data_sha256=trained.data_sha256,
         params_hash=trained.fingerprint,
         reused=False,
+        model=FraudModel(
+            estimator=trained.estimator,
+            threshold=trained.threshold,
+            model_version=label,
+            feature_names=tuple(trained.feature_names),
+        ),
     )
 

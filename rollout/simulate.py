@@ -371,7 +371,6 @@ def load_holdout(config: Any, *, data_source: str | None = None, home: str | Pat
     holdout = scenario.holdout
     features = holdout[list(FEATURE_COLUMNS)]
     stable, candidate = registered[versions[0]], registered[versions[1]]
-    assert stable.model is not None and candidate.model is not None
     log.info(f"simulate: scoring {len(holdout):,} holdout transactions with {versions[0]} and {versions[1]}")
     return ScoredHoldout(
         labels=holdout[LABEL_COLUMN].to_numpy().astype(bool),

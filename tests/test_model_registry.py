@@ -84,6 +84,13 @@ def test_lifecycle_registers_reuses_gates_and_promotes(scenario: Scenario, fraud
     assert ((scores >= 0) & (scores <= 1)).all() and np.ptp(scores) > 0.5
     for model in models.values():
         assert_compiled_scores_like_scikit_learn(model.model_uri, scenario.holdout)
+        # What ensure_models hands back in memory is the model the registry holds (a fresh registration
+        # included: `fraudctl analysis simulate` scores the holdout with it).
+        logged = load_fraud_model(model.model_uri)
+        assert np.array_equal(
+            model.model.fraud_probability(scenario.holdout), logged.fraud_probability(scenario.holdout)
+        )
+        assert model.model.threshold == logged.threshold
 
     again = ensure_models(home=fraud_home, scenario=scenario, train_params=FAST)
     assert all(m.reused for m in again.values())

@@ -160,10 +160,13 @@ class RenderResult:
 
 
 def wire(value: Any, secrets: frozenset[str] = frozenset(), *, in_secret: bool = False) -> Any:
-    """Wire format: secrets to the marker, integral floats (the mock engine's numbers) to ints, None dropped.
+    """Wire format: secrets to the marker, integral floats (the mock engine's numbers) to ints, None dropped,
+    keys sorted.
 
     The SDK lifts a secret to the top-level input that holds it (a whole Helm ``values`` becomes one
     secret); inside such a value only strings carrying a known secret are masked, so the rest stays readable.
+    Keys are sorted because the order they arrive in is random: the engine passes inputs as protobuf Structs,
+    whose maps (upb) iterate in an order seeded per process, so a render is only reproducible sorted.
     """
     if isinstance(value, dict):
         if value.get(SECRET_SIG) == SECRET_VALUE_SIG:
@@ -171,7 +174,7 @@ def wire(value: Any, secrets: frozenset[str] = frozenset(), *, in_secret: bool =
             if isinstance(inner, (dict, list)):
                 return wire(inner, secrets, in_secret=True)
             return SECRET_MARKER
-        return {k: wire(v, secrets, in_secret=in_secret) for k, v in value.items() if v is not None}
+        return {k: wire(v, secrets, in_secret=in_secret) for k, v in sorted(value.items()) if v is not None}
     if isinstance(value, list):
         return [wire(v, secrets, in_secret=in_secret) for v in value]
     if isinstance(value, float) and value.is_integer():
@@ -353,7 +356,10 @@ def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: 
         _sync_await(run_pulumi_func(lambda: run_in_stack(program)))
     finally:
         os.chdir(cwd)
-    return RenderResult(config, monitor.recorded, monitor.stack_outputs, m.generated_secrets)
+    # The engine registers resources as their inputs resolve, in an order that varies from run to run: URN order
+    # makes every output of the render (manifests, releases, checks) the same for the same program and config.
+    resources = sorted(monitor.recorded, key=lambda r: r.urn)
+    return RenderResult(config, resources, monitor.stack_outputs, m.generated_secrets)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.chart_archives import CHARTS_DIR, archive_name
-from infra.config import Component
+from infra.config import ChartComponent
 
 # Namespaces of the platform, one per component.
 NAMESPACES = {
@@ -74,7 +74,7 @@ class ChartSource:
     repository: str | None
 
 
-def chart_source(spec: ChartRelease, component: Component) -> ChartSource:
+def chart_source(spec: ChartRelease, component: ChartComponent) -> ChartSource:
     """The vendored archive by default; the named chart at ``version`` when the stack sets a repository.
 
     A local archive is passed as a path relative to the project (``pulumi up`` runs there) and without

@@ -36,9 +36,11 @@ ENV OMP_NUM_THREADS=1 \
 COPY requirements-serving.lock /opt/fraud/build/
 RUN pip install --require-hashes --no-deps -r /opt/fraud/build/requirements-serving.lock
 # The runtime and the model artifact contract it loads with (model/ also holds the pipeline's own
-# transformers that the saved estimator references, and the compiled scorer).
+# transformers that the saved estimator references, and the compiled scorer); fraudctl/ for the leaf modules
+# every package imports (errors, atomic file writes).
 COPY model/ /opt/fraud/app/model/
 COPY serving/ /opt/fraud/app/serving/
+COPY fraudctl/ /opt/fraud/app/fraudctl/
 RUN mkdir -p /opt/fraud/empty
 USER 10001:10001
 # HTTP (V2 + /feedback), gRPC, Prometheus /metrics.

@@ -24,7 +24,7 @@ PROJECT_LOGGERS = ("fraudctl", "infra", "model", "ops", "rehearsal", "rollout", 
 # Libraries whose warnings are not news to a person: urllib3 warns on every retry of a request that then
 # fails (or succeeds) with its own clear message. Shown with --verbose.
 CHATTY_LIBRARIES = ("urllib3",)
-__all__ = ["UsageError", "build_parser", "main", "setup_logging"]
+__all__ = ["UsageError", "build_parser", "main", "run", "setup_logging"]
 
 log = logging.getLogger("fraudctl")
 
@@ -105,18 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace, name: str) -> int:
+    """Run a parsed command's ``handler`` the one way every entry point does: bad input (a UsageError) is one
+    line ``<name>: <message>`` without a traceback, exit 2; Ctrl-C is ``<name>: interrupted``, exit 130."""
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        log.error("%s: %s", name, exc, extra={"plain": True})  # names the command already
+        return 2
+    except KeyboardInterrupt:
+        log.error("%s: interrupted", name, extra={"plain": True})
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
-    try:
-        return int(args.handler(args) or 0)
-    except UsageError as exc:
-        log.error("fraudctl %s: %s", args.command, exc, extra={"plain": True})  # names the command already
-        return 2
-    except KeyboardInterrupt:
-        log.error("fraudctl: interrupted", extra={"plain": True})
-        return 130
+    return run(args, f"fraudctl {args.command}")
 
 
 if __name__ == "__main__":

@@ -55,9 +55,10 @@ class StrictSettings(BaseModel):
         """For every field of every section: strings are plain text, and numbers, booleans and strings are
         not read as each other (pydantic alone would take true as 1, "3" as 3)."""
         field = cls.model_fields.get(info.field_name or "")
-        kind = _scalar_kind(field.annotation) if field is not None else None
+        annotation = field.annotation if field is not None else None
+        kind = _scalar_kind(annotation) if field is not None else None
         numeric = kind in ("a whole number", "a number")
-        if kind is not None and isinstance(value, bool) and not _accepts(field.annotation, bool):
+        if kind is not None and isinstance(value, bool) and not _accepts(annotation, bool):
             allowed = _range(cls, [info.field_name]) if numeric else None
             hint = (
                 "a boolean"

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fraudctl.files import write_bytes
+
 CHARTS_DIR = Path(__file__).resolve().parent.parent / "charts"
 # 2000-01-01T00:00:00Z: any constant works; Helm ignores entry times.
 ARCHIVE_MTIME = 946_684_800
@@ -227,10 +229,7 @@ def package_chart(chart_dir: Path, out_dir: Path = CHARTS_DIR, *, stamp_version:
     data, meta = archive_bytes(Path(chart_dir), stamp_version=stamp_version)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / archive_name(meta["name"], meta["version"])
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_bytes(data)
-    partial.replace(target)
-    return target
+    return write_bytes(target, data)
 
 
 def unpack(archive: Path, destination: Path) -> Path:

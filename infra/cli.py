@@ -1,14 +1,21 @@
-"""``fraudctl render`` and ``fraudctl check-config``."""
+"""``fraudctl render``, ``check-config``, ``verify``, ``charts package`` and ``config-schema``.
+
+Results (paths, check tables, the schema) go to stdout, progress to stderr (logging); bad input (an invalid
+stack, an unknown check, an unusable chart folder) is a UsageError: one line, exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from fraudctl.errors import UsageError
 from infra.config import ConfigError, check_stack, parse_set_overrides, read_stack_file
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -54,21 +61,19 @@ def register(commands: Any, bench: Any) -> None:
     schema.set_defaults(handler=run_config_schema)
 
 
-def _print_problems(error: ConfigError, where: str) -> None:
-    print(f"{where}: invalid configuration", file=sys.stderr)
-    for problem in error.problems:
-        print(f"  {problem}", file=sys.stderr)
+def _invalid(where: str, error: ConfigError) -> str:
+    """Every problem on its own line under the stack it belongs to (as `pulumi preview` shows them)."""
+    return f"{where}: invalid configuration\n" + "\n".join(f"  {problem}" for problem in error.problems)
 
 
 def _run_stack(args: argparse.Namespace) -> Any:
-    """The program's render for ``--stack``/``--set``, or None after printing every config problem."""
+    """The program's render for ``--stack``/``--set``; every config problem at once as a UsageError."""
     from infra.render import run_program
 
     try:
         return run_program(args.stack, overrides=parse_set_overrides(args.set))
     except ConfigError as error:
-        _print_problems(error, f"stack {args.stack}")
-        return None
+        raise UsageError(_invalid(f"stack {args.stack}", error)) from None
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -76,40 +81,38 @@ def run_render(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = _run_stack(args)
-    if result is None:
-        return 2
     written = write_render(result, args.out)
     for region in result.config.regions:
         manifests = result.manifests(region.name)
         releases = result.helm_releases(region.name)
-        print(f"{region.name}: {len(manifests)} objects, {len(releases)} Helm releases", file=sys.stderr)
+        log.info("%s: %d objects, %d Helm releases", region.name, len(manifests), len(releases))
     for path in written:
         print(path)
-    print(f"rendered stack {args.stack} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    log.info("rendered stack %s in %.1fs", args.stack, time.perf_counter() - started)
     return 0
 
 
 def run_check_config(args: argparse.Namespace) -> int:
-    failed = False
+    """Every file is checked; ``<path>: ok`` on stdout for each valid one, the others' problems all at once."""
+    failures = []
     for path in args.paths:
         name = path.name
         if not (name.startswith("Pulumi.") and name.endswith(".yaml")) or name == "Pulumi.yaml":
-            print(f"{path}: not a stack file (expected Pulumi.<stack>.yaml)", file=sys.stderr)
-            failed = True
+            failures.append(f"{path}: not a stack file (expected Pulumi.<stack>.yaml)")
             continue
         if not path.exists():
-            print(f"{path}: no such file", file=sys.stderr)
-            failed = True
+            failures.append(f"{path}: no such file")
             continue
         stack = name[len("Pulumi.") : -len(".yaml")]
         try:
             check_stack(read_stack_file(path), stack)
         except ConfigError as error:
-            _print_problems(error, str(path))
-            failed = True
+            failures.append(_invalid(str(path), error))
         else:
             print(f"{path}: ok")
-    return 2 if failed else 0
+    if failures:
+        raise UsageError("; ".join(failures))
+    return 0
 
 
 def run_charts_package(args: argparse.Namespace) -> int:
@@ -118,8 +121,7 @@ def run_charts_package(args: argparse.Namespace) -> int:
     try:
         path = package_chart(args.chart_dir, args.out or CHARTS_DIR, stamp_version=args.stamp_version)
     except (ChartSourceError, OSError) as error:
-        print(f"fraudctl charts package: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     print(f"{path}  sha256 {sha256_file(path)}  {path.stat().st_size} bytes")
     return 0
 
@@ -129,15 +131,12 @@ def run_verify(args: argparse.Namespace) -> int:
 
     unknown = sorted(set(args.check or ()) - set(CHECKS))
     if unknown:
-        print(f"fraudctl verify: unknown check(s) {', '.join(unknown)}; checks: {', '.join(CHECKS)}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown check(s) {', '.join(unknown)}; checks: {', '.join(CHECKS)}")
     started = time.perf_counter()
     result = _run_stack(args)
-    if result is None:
-        return 2
     failed = 0
     for region in result.config.regions:
-        print(f"{region.name}: rendering {len(result.helm_releases(region.name))} Helm releases", file=sys.stderr)
+        log.info("%s: rendering %d Helm releases", region.name, len(result.helm_releases(region.name)))
         results = run_checks(platform_of(result, region.name), args.check)
         print(format_table(region.name, results, limit=10**6 if args.all_failures else 3))
         failed += sum(not r.ok for r in results)
@@ -151,7 +150,7 @@ def run_config_schema(args: argparse.Namespace) -> int:
 
     if args.write:
         changed = write_pulumi_yaml()
-        print(f"Pulumi.yaml: {'updated' if changed else 'already up to date'}", file=sys.stderr)
+        log.info("Pulumi.yaml: %s", "updated" if changed else "already up to date")
     else:
         print(generated_text(), end="")
     return 0

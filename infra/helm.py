@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fraudctl.files import write_text
 from infra import chart_archives
 
 # The Kubernetes release the platform targets (kubernetes_validate's built-in schemas use the same).
@@ -217,10 +218,7 @@ def _write_cache(cache_file: Path, payload: dict[str, Any]) -> None:
         cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if cache_file.parent.stat().st_uid != os.getuid():
             return  # never trust (or feed) a cache in a directory someone else owns
-        fd, tmp_name = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp_name, cache_file)
+        write_text(cache_file, json.dumps(payload), durable=False)  # a cache: losing it costs a render
         # Keep the newest renders only: one entry per (chart, values, capabilities) is a few MB.
         entries = sorted(cache_file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         for stale in entries[_CACHE_ENTRIES:]:

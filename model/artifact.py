@@ -11,13 +11,16 @@ against scikit-learn on ``check_rows``. A model that cannot be compiled is still
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.progress import Report, quiet
+from fraudctl.errors import UsageError
 
 # Pinned runtime requirements logged with every model: inferring them costs seconds per log.
 MODEL_PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "numpy", "pandas"]
@@ -37,7 +40,10 @@ SKOPS_TRUSTED_TYPES = [
 ]
 
 
-class ModelArtifactError(ValueError):
+log = logging.getLogger(__name__)
+
+
+class ModelArtifactError(UsageError, ValueError):
     """A model artifact is missing, unreadable or lacks fraud-model metadata."""
 
 
@@ -71,7 +77,7 @@ def fraud_metadata(*, threshold: float, model_version: str, feature_names: list[
 
 
 def _compiled_extras(
-    estimator: Any, threshold: float, feature_names: list[str], check_rows: Any, scratch: Path, report: Report
+    estimator: Any, threshold: float, feature_names: list[str], check_rows: Any, scratch: Path
 ) -> tuple[list[str], dict[str, Any]]:
     """(extra_files, metadata) carrying the compiled ensemble, or nothing when it cannot be compiled."""
     import numpy as np
@@ -87,16 +93,35 @@ def _compiled_extras(
     try:
         compiled = compile_estimator(estimator, rows, threshold)
     except (CompileError, ImportError) as exc:
-        report(f"model: not compiled, serving will use scikit-learn ({exc})")
+        log.warning("model: not compiled, serving will use scikit-learn (%s)", exc)
         return [], {}
     path = scratch / ONNX_FILENAME
     path.write_bytes(compiled.onnx_bytes)
     info = compiled.metadata
-    report(
+    log.info(
         f"model: ensemble compiled ({info['runtime']}), checked on {info['checked_rows']:,} rows, "
         f"max difference {info['max_abs_diff']:.1e}"
     )
     return [str(path)], {"fraud_compiled": info}
+
+
+@contextmanager
+def _flavour_arguments(
+    estimator: Any, *, threshold: float, model_version: str, feature_names: list[str], check_rows: Any
+) -> Iterator[dict[str, Any]]:
+    """The sklearn-flavour arguments every fraud model is saved or logged with: skops, pinned requirements,
+    the fraud metadata and the compiled ensemble (its file lives while the block runs)."""
+    metadata = fraud_metadata(threshold=threshold, model_version=model_version, feature_names=feature_names)
+    with tempfile.TemporaryDirectory(prefix="fraud-compile-") as scratch:
+        extra_files, compiled = _compiled_extras(estimator, threshold, feature_names, check_rows, Path(scratch))
+        yield {
+            "serialization_format": "skops",
+            "skops_trusted_types": SKOPS_TRUSTED_TYPES,
+            "pip_requirements": MODEL_PIP_REQUIREMENTS,
+            "pyfunc_predict_fn": "predict_proba",
+            "metadata": metadata | compiled,
+            "extra_files": extra_files or None,
+        }
 
 
 def save_fraud_model(
@@ -107,26 +132,14 @@ def save_fraud_model(
     model_version: str,
     feature_names: list[str],
     check_rows: Any = None,
-    report: Report = quiet,
 ) -> Path:
     """Write the model to a local MLflow model directory (no tracking server involved)."""
     import mlflow.sklearn
 
-    metadata = fraud_metadata(threshold=threshold, model_version=model_version, feature_names=feature_names)
-    with tempfile.TemporaryDirectory(prefix="fraud-compile-") as scratch:
-        extra_files, compiled = _compiled_extras(
-            estimator, threshold, feature_names, check_rows, Path(scratch), report
-        )
-        mlflow.sklearn.save_model(
-            estimator,
-            str(path),
-            serialization_format="skops",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            pip_requirements=MODEL_PIP_REQUIREMENTS,
-            pyfunc_predict_fn="predict_proba",
-            metadata=metadata | compiled,
-            extra_files=extra_files or None,
-        )
+    with _flavour_arguments(
+        estimator, threshold=threshold, model_version=model_version, feature_names=feature_names, check_rows=check_rows
+    ) as arguments:
+        mlflow.sklearn.save_model(estimator, str(path), **arguments)
     return Path(path)
 
 
@@ -139,7 +152,6 @@ def log_fraud_model(
     registered_model_name: str | None = None,
     name: str = "model",
     check_rows: Any = None,
-    report: Report = quiet,
 ) -> Any:
     """Log the model to the active MLflow run (and register it when a name is given).
 
@@ -148,21 +160,11 @@ def log_fraud_model(
     """
     import mlflow.sklearn
 
-    metadata = fraud_metadata(threshold=threshold, model_version=model_version, feature_names=feature_names)
-    with tempfile.TemporaryDirectory(prefix="fraud-compile-") as scratch:
-        extra_files, compiled = _compiled_extras(
-            estimator, threshold, feature_names, check_rows, Path(scratch), report
-        )
+    with _flavour_arguments(
+        estimator, threshold=threshold, model_version=model_version, feature_names=feature_names, check_rows=check_rows
+    ) as arguments:
         return mlflow.sklearn.log_model(
-            estimator,
-            name=name,
-            serialization_format="skops",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            pip_requirements=MODEL_PIP_REQUIREMENTS,
-            pyfunc_predict_fn="predict_proba",
-            metadata=metadata | compiled,
-            extra_files=extra_files or None,
-            registered_model_name=registered_model_name,
+            estimator, name=name, registered_model_name=registered_model_name, **arguments
         )
 
 

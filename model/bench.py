@@ -10,13 +10,15 @@ Nothing is read from or written to MLflow: this measures, it does not register.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.data import FEATURE_COLUMNS, LABEL_COLUMN, load_dataset
 from model.gate import GateSettings, decide, holdout_metrics
-from model.progress import Report, quiet, step
 from model.scenario import MODEL_VERSIONS, ScenarioParams, build_scenario
 from model.train import TrainParams, build_pipeline, train_model
 
@@ -24,6 +26,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TEMPORAL_TRAIN_SHARE = 0.8
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """Log ``what ...`` before and ``what: done in N s`` after a block of work."""
+    log.info("%s ...", what)
+    started = time.perf_counter()
+    yield
+    log.info("%s: done in %.1f s", what, time.perf_counter() - started)
 
 
 def temporal_split(raw: pd.DataFrame, train_share: float = TEMPORAL_TRAIN_SHARE) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -49,7 +62,6 @@ def run_model_bench(
     params: TrainParams | None = None,
     scenario_params: ScenarioParams | None = None,
     settings: GateSettings | None = None,
-    report: Report = quiet,
 ) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score
 
@@ -57,7 +69,7 @@ def run_model_bench(
     params = params or TrainParams(
         cost_missed_fraud=settings.cost_missed_fraud, cost_false_positive=settings.cost_false_positive
     )
-    raw, sha = load_dataset(source, home=home, report=report)
+    raw, sha = load_dataset(source, home=home)
     scenario = build_scenario(raw, data_sha256=sha, params=scenario_params)
     holdout = scenario.holdout
     labels = holdout[LABEL_COLUMN].to_numpy()
@@ -67,7 +79,7 @@ def run_model_bench(
     metrics = {}
     train_seconds = 0.0
     for version in MODEL_VERSIONS:
-        trained = train_model(scenario, version, params=params, report=report)
+        trained = train_model(scenario, version, params=params)
         train_seconds += trained.train_seconds
         scores = trained.fraud_probability(holdout)
         metrics[version] = holdout_metrics(version, labels, scores, trained.threshold, settings)
@@ -81,12 +93,12 @@ def run_model_bench(
     result["train_seconds"] = round(train_seconds, 2)
 
     train, test = temporal_split(raw)
-    with step(report, f"bench: ULB temporal split, pipeline on {len(train):,} rows, test {len(test):,}"):
+    with _step(f"bench: ULB temporal split, pipeline on {len(train):,} rows, test {len(test):,}"):
         started = time.perf_counter()
         model = build_pipeline(params).fit(train[features], train[LABEL_COLUMN].to_numpy())
         fit_seconds = time.perf_counter() - started
         auprc = average_precision_score(test[LABEL_COLUMN], model.predict_proba(test[features])[:, 1])
-    with step(report, "bench: ULB temporal split, logistic-regression baseline"):
+    with _step("bench: ULB temporal split, logistic-regression baseline"):
         baseline = logistic_baseline().fit(train[features], train[LABEL_COLUMN].to_numpy())
         auprc_logreg = average_precision_score(test[LABEL_COLUMN], baseline.predict_proba(test[features])[:, 1])
     result["ulb_temporal_auprc"] = round(float(auprc), 4)

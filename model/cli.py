@@ -1,16 +1,18 @@
 """``fraudctl data | train | evaluate | bench model``: the model lifecycle from the command line.
 
-Progress goes to stderr; results (summaries, decisions, bench JSON) to stdout.
+Progress goes to stderr (logging: the model package's own loggers); results (summaries, decisions, bench JSON)
+to stdout. The model package's errors for bad input are UsageErrors (fraudctl prints them on one line, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from model.progress import stderr_report
+log = logging.getLogger(__name__)
 
 GATE_FLAGS = {
     # flag -> GateSettings field
@@ -29,7 +31,7 @@ def register(commands: Any, bench: Any) -> None:
     )
     _source_flag(data)
     data.add_argument("--json", action="store_true", help="print the scenario summary as JSON")
-    data.set_defaults(handler=_guard(_data))
+    data.set_defaults(handler=_data)
 
     train = commands.add_parser(
         "train", help="train and register a model version (reuses a registered one built from the same inputs)"
@@ -45,7 +47,7 @@ def register(commands: Any, bench: Any) -> None:
     _source_flag(train)
     _gate_flags(train, COST_FLAGS)
     train.add_argument("--json", action="store_true", help="print the registered versions as JSON")
-    train.set_defaults(handler=_guard(_train))
+    train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -56,14 +58,14 @@ def register(commands: Any, bench: Any) -> None:
     _gate_flags(evaluate, tuple(GATE_FLAGS))
     evaluate.add_argument("--out", help="report directory (default $FRAUD_HOME/reports)")
     evaluate.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    evaluate.set_defaults(handler=_guard(_evaluate))
+    evaluate.set_defaults(handler=_evaluate)
 
     bench_model = bench.add_parser(
         "model", help="train v1/v2 on the real data, gate them, and measure the ULB temporal-split AUPRC"
     )
     _source_flag(bench_model)
     bench_model.add_argument("--json", action="store_true", help="print JSON (nested objects: v1.auprc is v1->auprc)")
-    bench_model.set_defaults(handler=_guard(_bench))
+    bench_model.set_defaults(handler=_bench)
 
 
 def _source_flag(parser: argparse.ArgumentParser) -> None:
@@ -103,39 +105,13 @@ def _settings(args: argparse.Namespace) -> Any:
     return GateSettings(**given)
 
 
-def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the model package's input errors into UsageError (exit 2, message without traceback)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from fraudctl.cli import UsageError
-        from model.artifact import ModelArtifactError
-        from model.data import DatasetError
-        from model.gate import GateSettingsError
-        from model.lifecycle import LifecycleError
-        from model.registry import RegistryError
-        from model.scenario import ScenarioError
-        from model.train import TrainingError
-        from model.validation import DataValidationError
-
-        try:
-            return handler(args)
-        except (
-            DatasetError, DataValidationError, GateSettingsError, LifecycleError, RegistryError, ScenarioError,
-            TrainingError, ModelArtifactError,
-        ) as exc:  # fmt: skip
-            raise UsageError(str(exc)) from exc
-
-    return run
-
-
 def _data(args: argparse.Namespace) -> int:
     from model.scenario import load_scenario
 
-    report = stderr_report("data")
-    scenario = load_scenario(args.source, report=report)
+    scenario = load_scenario(args.source)
     for version in ("v1", "v2"):
         scenario.validate_for_training(version)
-    report("validation: schema, ranges, label rates and train/holdout disjointness all hold")
+    log.info("validation: schema, ranges, label rates and train/holdout disjointness all hold")
     summary = scenario.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -166,7 +142,6 @@ def _train(args: argparse.Namespace) -> int:
         gate=_settings(args),
         force=args.force,
         reset_champion=args.reset_champion,
-        report=stderr_report("train"),
     )
     if args.json:
         print(json.dumps({v: m.to_json() for v, m in models.items()}, indent=2))
@@ -183,9 +158,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from model.lifecycle import evaluate_models
 
-    outcome = evaluate_models(
-        settings=_settings(args), source=args.source, out_dir=args.out, report=stderr_report("evaluate")
-    )
+    outcome = evaluate_models(settings=_settings(args), source=args.source, out_dir=args.out)
     decision = outcome.decision
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
@@ -207,7 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from model.bench import run_model_bench
 
-    result = run_model_bench(source=args.source, report=stderr_report("bench model"))
+    result = run_model_bench(source=args.source)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

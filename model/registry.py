@@ -16,16 +16,17 @@ Aliases (not stages) say what a version is for:
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraudctl.errors import UsageError
 from model.artifact import FraudModel, ModelArtifactError, load_fraud_model, log_fraud_model
 from model.data import FEATURE_COLUMNS
 from model.paths import fraud_home
-from model.progress import Report, quiet
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -43,8 +44,10 @@ TAG_THRESHOLD = "fraud.threshold"
 TAG_GATE = "fraud.gate"
 TAG_GATE_RUN = "fraud.gate_run_id"
 
+log = logging.getLogger(__name__)
 
-class RegistryError(RuntimeError):
+
+class RegistryError(UsageError, RuntimeError):
     """The tracking store or registry is unreachable or holds something unusable."""
 
 
@@ -150,7 +153,7 @@ def make_champion(client: MlflowClient, registry_version: str) -> None:
 
 
 def find_registered(
-    client: MlflowClient, model_version: str, *, data_sha256: str, params_hash: str, report: Report = quiet
+    client: MlflowClient, model_version: str, *, data_sha256: str, params_hash: str
 ) -> RegisteredModel | None:
     """The newest registered version with these tags whose artifact loads as the right fraud model."""
     from mlflow.exceptions import MlflowException
@@ -164,15 +167,15 @@ def find_registered(
     for candidate in sorted(matches, key=lambda v: int(v.version), reverse=True):
         uri = f"models:/{REGISTERED_MODEL_NAME}/{candidate.version}"
         if candidate.status != "READY":
-            report(f"registry: {uri} is {candidate.status}, not reusable")
+            log.info("registry: %s is %s, not reusable", uri, candidate.status)
             continue
         try:
             loaded = load_fraud_model(uri)
         except ModelArtifactError as exc:
-            report(f"registry: {uri} matches but cannot be loaded, not reusable ({exc})")
+            log.info("registry: %s matches but cannot be loaded, not reusable (%s)", uri, exc)
             continue
         if loaded.model_version != model_version or loaded.feature_names != FEATURE_COLUMNS:
-            report(f"registry: {uri} metadata does not describe {model_version}, not reusable")
+            log.info("registry: %s metadata does not describe %s, not reusable", uri, model_version)
             continue
         return RegisteredModel(
             model_version=model_version,
@@ -187,9 +190,7 @@ def find_registered(
     return None
 
 
-def register_trained(
-    client: MlflowClient, experiment_id: str, trained: TrainedModel, *, report: Report = quiet
-) -> RegisteredModel:
+def register_trained(client: MlflowClient, experiment_id: str, trained: TrainedModel) -> RegisteredModel:
     """Log params, metrics, validation plots and the model in one run, and register it with its tags."""
     import mlflow
 
@@ -200,7 +201,7 @@ def register_trained(
     params.update({f"train.{k}": v for k, v in asdict(trained.params).items()})
     params.update({f"scenario.{k}": v for k, v in asdict(trained.scenario_params).items()})
     tags = {TAG_MODEL_VERSION: label, TAG_DATA_SHA: trained.data_sha256, TAG_PARAMS_HASH: trained.fingerprint}
-    report(f"registry: logging {label} to {mlflow.get_tracking_uri()}")
+    log.info("registry: logging %s to %s", label, mlflow.get_tracking_uri())
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{label}", tags=tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(
@@ -222,13 +223,12 @@ def register_trained(
             feature_names=list(trained.feature_names),
             registered_model_name=REGISTERED_MODEL_NAME,
             check_rows=trained.validation_features,
-            report=report,
         )
     version = str(info.registered_model_version)
     # Tags go on last: a version interrupted before this point is never mistaken for a reusable one.
     for key, value in (tags | {TAG_THRESHOLD: f"{trained.threshold:.10g}"}).items():
         client.set_model_version_tag(REGISTERED_MODEL_NAME, version, key, value)
-    report(f"registry: {label} registered as {REGISTERED_MODEL_NAME} version {version}")
+    log.info("registry: %s registered as %s version %s", label, REGISTERED_MODEL_NAME, version)
     return RegisteredModel(
         model_version=label,
         registry_version=version,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,8 +32,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraudctl.errors import UsageError
 from model.data import FEATURE_COLUMNS, LABEL_COLUMN, PCA_COLUMNS, RAW_COLUMNS, load_dataset
-from model.progress import Report, quiet
 from model.validation import check_disjoint, check_raw_schema, validate_slice
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ MODEL_VERSIONS = ("v1", "v2")
 # Fewest frauds a slice may have for its metrics to mean anything.
 MIN_FRAUDS = {"fit": 20, "validation": 5, "holdout": 10}
 
+log = logging.getLogger(__name__)
 
-class ScenarioError(ValueError):
+
+class ScenarioError(UsageError, ValueError):
     """Scenario parameters that cannot describe a valid calendar, drift or split."""
 
 
@@ -261,6 +264,7 @@ def build_scenario(raw: pd.DataFrame, *, data_sha256: str, params: ScenarioParam
     import pandas as pd
 
     params = params or ScenarioParams()
+    log.info("scenario: mapping onto the 2023-01..2024-03 calendar and injecting Q1 2024 drift")
     check_raw_schema(raw[list(RAW_COLUMNS)], where="scenario input")
     if (raw["Time"] < 0).any():
         raise ScenarioError("scenario input: Time has negative values; allowed seconds >= 0")
@@ -345,9 +349,7 @@ def load_scenario(
     *,
     home: str | Path | None = None,
     params: ScenarioParams | None = None,
-    report: Report = quiet,
 ) -> Scenario:
     """The scenario on the real (verified, cached) dataset."""
-    raw, sha = load_dataset(source, home=home, report=report)
-    report("scenario: mapping onto the 2023-01..2024-03 calendar and injecting Q1 2024 drift")
+    raw, sha = load_dataset(source, home=home)
     return build_scenario(raw, data_sha256=sha, params=params)

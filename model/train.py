@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraudctl.errors import UsageError
 from model.data import FEATURE_COLUMNS, LABEL_COLUMN
 from model.gate import DEFAULT_COST_FALSE_POSITIVE, DEFAULT_COST_MISSED_FRAUD
-from model.progress import Report, quiet
 from model.scenario import Scenario, ScenarioParams
 
 if TYPE_CHECKING:
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 # Source files whose change changes what training produces: part of the fingerprint.
 _FINGERPRINT_SOURCES = ("data.py", "ensemble.py", "features.py", "scenario.py", "train.py", "validation.py")
 
+log = logging.getLogger(__name__)
 
-class TrainingError(ValueError):
+
+class TrainingError(UsageError, ValueError):
     """Training parameters or inputs that cannot produce a model."""
 
 
@@ -187,7 +190,7 @@ def fingerprint(model_version: str, scenario_params: ScenarioParams, params: Tra
 
 
 def train_model(
-    scenario: Scenario, model_version: str, *, params: TrainParams | None = None, report: Report = quiet
+    scenario: Scenario, model_version: str, *, params: TrainParams | None = None
 ) -> TrainedModel:
     """Validate the data, fit on the fit slice, choose the threshold on the validation slice."""
     from sklearn.metrics import average_precision_score
@@ -196,7 +199,7 @@ def train_model(
     scenario.validate_for_training(model_version)
     fit, validation = scenario.fit_and_validation(model_version)
     features = list(FEATURE_COLUMNS)
-    report(
+    log.info(
         f"train {model_version}: fitting on {len(fit):,} transactions ({int(fit[LABEL_COLUMN].sum())} frauds), "
         f"threshold on {len(validation):,} later ones ({int(validation[LABEL_COLUMN].sum())} frauds)"
     )
@@ -218,7 +221,7 @@ def train_model(
         "fit_transactions": float(len(fit)),
         "fit_frauds": float(fit[LABEL_COLUMN].sum()),
     }
-    report(
+    log.info(
         f"train {model_version}: done in {seconds:.1f} s; threshold {choice.threshold:.4f}, validation "
         f"AUPRC {validation_metrics['auprc']:.3f}, precision {choice.precision:.3f}, recall {choice.recall:.3f}"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fraudctl.errors import UsageError
 from model.data import FEATURE_COLUMNS, LABEL_COLUMN, PCA_COLUMNS, RAW_COLUMNS
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ MIN_FRAUD_RATE = 0.0002
 MAX_FRAUD_RATE = 0.2
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UsageError, ValueError):
     """A data frame breaks the schema, a range, the label-rate rule or split disjointness."""
 
     def __init__(self, problems: list[str]):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudctl.errors import UsageError
+from fraudctl.files import write_text
 from ops import pipeline_contract as contract
 
 if TYPE_CHECKING:
@@ -177,13 +178,10 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_fetch_data(args: argparse.Namespace) -> int:
-    from model.data import DatasetError, cached_dataset_path, ensure_dataset
-
-    def report(message: str) -> None:
-        log.info("fetch-data: %s", message)
+    from model.data import cached_dataset_path, ensure_dataset
 
     if not args.bucket:
-        path = ensure_dataset(report=report)
+        path = ensure_dataset()
         print(json.dumps({"dataset": str(path), "source": "canonical"}))
         return 0
     import boto3
@@ -195,17 +193,14 @@ def run_fetch_data(args: argparse.Namespace) -> int:
     s3 = boto3.client("s3", endpoint_url=endpoint)
     with tempfile.TemporaryDirectory(dir=target_dir, prefix=".bucket-") as scratch:
         local = Path(scratch) / Path(args.key).name
-        report(f"downloading s3://{args.bucket}/{args.key} from {endpoint or 'AWS'}")
+        log.info("fetch-data: downloading s3://%s/%s from %s", args.bucket, args.key, endpoint or "AWS")
         try:
             s3.download_file(args.bucket, args.key, str(local))
         except (BotoCoreError, ClientError) as exc:
             log.error("pipeline fetch-data: s3://%s/%s: %s", args.bucket, args.key, exc)
             return 1
-        try:
-            # Verified against the canonical sha256 before it replaces the cache.
-            path = ensure_dataset(local, report=report)
-        except DatasetError as exc:
-            raise UsageError(str(exc)) from exc
+        # Verified against the canonical sha256 before it replaces the cache (else a DatasetError: a UsageError).
+        path = ensure_dataset(local)
     print(json.dumps({"dataset": str(path), "source": f"s3://{args.bucket}/{args.key}"}))
     return 0
 
@@ -217,8 +212,6 @@ def run_fetch_data(args: argparse.Namespace) -> int:
 def _write_outputs(folder: Path | None, values: dict[str, str]) -> None:
     if folder is None:
         return
-    from model.atomic import write_text
-
     folder.mkdir(parents=True, exist_ok=True)
     for name, value in values.items():
         write_text(folder / name, value)

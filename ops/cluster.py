@@ -287,17 +287,23 @@ class Cluster:
         from kubernetes.client import AppsV1Api
 
         what = f"GET /apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        return self._raw_json(what, AppsV1Api(self.api).read_namespaced_deployment, name, namespace)
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The pods matching ``label_selector``, as the API's own JSON (as :meth:`get_deployment`)."""
+        from kubernetes.client import CoreV1Api
+
+        what = f"GET /api/v1/namespaces/{namespace}/pods?labelSelector={label_selector}"
+        found = self._raw_json(what, CoreV1Api(self.api).list_namespaced_pod, namespace, label_selector=label_selector)
+        items = found.get("items") or []
+        return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+    def _raw_json(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """``fn``'s answer as the API server's JSON object, not the client's model of it."""
         # Without preloading, the client returns urllib3's response (its annotation names the model).
         response = cast(
             "BaseHTTPResponse",
-            self.call(
-                what,
-                AppsV1Api(self.api).read_namespaced_deployment,
-                name,
-                namespace,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            ),
+            self.call(what, fn, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs),
         )
         try:
             return _as_object(json.loads(response.data))

@@ -36,26 +36,30 @@ import argparse
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from fraudctl.errors import UsageError
 from ops.replay import Holdout, PairedResult, ReplayError, holdout_loader, paired_replay, smoke
 from rollout import analysis
 from rollout.decision import Decision, SequentialAnalysis, Verdict
 from rollout.settings import AnalysisSettings
 
-log = logging.getLogger("fraud.decision")
+if TYPE_CHECKING:
+    from ops.cluster import Cluster
+
+log = logging.getLogger(__name__)
 
 ALLOWED_TARGETS_ENV = "REPLAY_ALLOWED_TARGETS"
 ANALYSIS_ENV = "DECISION_ANALYSIS"  # the stack's analysis section as JSON (keys as in stack files)
 PROMETHEUS_ENV = "DECISION_PROMETHEUS_URL"
 MODEL_ENV = "DECISION_MODEL"
 MAX_BODY_BYTES = 1 << 20
+Answer = tuple[int, dict[str, Any]]  # an HTTP status and its JSON body
 # Rollouts remembered at once; the oldest is forgotten first (a controller only ever asks about its latest).
 MAX_ROLLOUTS = 32
 APPROVED, HELD = 200, 403
@@ -281,10 +285,10 @@ class DecisionService:
             return
         try:
             self._holdout = self._load()
-            log.info("holdout loaded (%d transactions)", len(self._holdout.transactions))
+            log.info("decision: holdout loaded (%d transactions)", len(self._holdout.transactions))
         except Exception as exc:  # reported by /healthz; the pod stays unready instead of crash-looping
             self.load_error = f"holdout failed to load: {type(exc).__name__}: {exc}"
-            log.error("%s", self.load_error)
+            log.error("decision: %s", self.load_error)
 
     def stop(self) -> None:
         """Ask replays in flight to end at their next batch (shutdown)."""
@@ -315,7 +319,7 @@ class DecisionService:
                 self._rollouts[key] = state
                 while len(self._rollouts) > self.max_rollouts:
                     self._rollouts.popitem(last=False)
-                log.info("new rollout %s", key)
+                log.info("decision: new rollout %s", key)
             self._rollouts.move_to_end(key)
             return state
 
@@ -335,7 +339,7 @@ class DecisionService:
         try:
             return self.resolver.urls(namespace, pod_hash)
         except Exception as exc:  # the API server refused or is unreachable: no pods known
-            log.warning("resolving pods of %s failed: %s", pod_hash, exc)
+            log.warning("decision: resolving pods of %s failed: %s", pod_hash, exc)
             return []
 
     def _ready_holdout(self) -> Holdout:
@@ -371,7 +375,7 @@ class DecisionService:
                 state.decision = decision
             state.updated = time.time()
             log.info(
-                "%s interval %d: %s (%s); %d pairs, %d frauds; stable %s; candidate %s",
+                "decision: %s interval %d: %s (%s); %d pairs, %d frauds; stable %s; candidate %s",
                 key, state.intervals, state.decision.verdict.value, state.decision.reason, result.transactions,
                 result.labelled_frauds, _side_summary(result.stable), _side_summary(result.candidate),
             )  # fmt: skip
@@ -457,10 +461,11 @@ class DecisionService:
         stable, candidate = self._pods(namespace, stable_hash), self._pods(namespace, candidate_hash)
         state = self.interval(key, stable, candidate, selector, params)
         with state.lock:
-            if measurements and state.intervals >= measurements and state.decision.verdict is Verdict.UNDECIDED:
+            decision = state.decision  # set by interval(): every interval decides or halts
+            if measurements and state.intervals >= measurements and decision and decision.verdict is Verdict.UNDECIDED:
                 # Argo would count an undecided last measurement as a success: pause for a person instead.
                 why = f"the analysis run's {measurements} measurements ended before the analysis decided"
-                state.decision = _halt(state.decision, f"{why} ({state.decision.reason})")
+                state.decision = _halt(decision, f"{why} ({decision.reason})")
         return state
 
     # -- smoke ---------------------------------------------------------------------------------------
@@ -586,16 +591,15 @@ def _side_summary(side: Any) -> str:
 class KubePodResolver:
     """Ready model-server pods carrying ``rollouts-pod-template-hash=<hash>``, through the API server."""
 
-    def __init__(self, client: Any, *, port: int, workload_selector: str) -> None:
-        self.client = client
+    def __init__(self, cluster: Cluster, *, port: int, workload_selector: str) -> None:
+        self.cluster = cluster
         self.port = port
         self.workload_selector = workload_selector
 
     def urls(self, namespace: str, pod_template_hash: str) -> list[str]:
         selector = f"{self.workload_selector},{analysis.ARGO.pod_label}={pod_template_hash}"
-        pods = self.client.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)
         urls = []
-        for pod in pods.get("items", []):
+        for pod in self.cluster.list_pods(namespace, selector):
             status = pod.get("status", {})
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
             if ready and status.get("podIP") and not pod.get("metadata", {}).get("deletionTimestamp"):
@@ -623,29 +627,26 @@ def create_app(service: DecisionService) -> Any:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body: not JSON ({exc.__class__.__name__}: {exc})") from None
 
-    async def flagger(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        status, answer = await run_in_threadpool(service.flagger, request.path_params["hook"], body)
-        return JSONResponse(answer, status_code=status)
+    def posted(decide: Callable[[str, Any], Answer], parameter: str) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """A controller's POST: the JSON body and the path parameter to ``decide``, run off the event loop
+        (it replays for seconds)."""
 
-    async def argo(request: Request) -> JSONResponse:
-        try:
-            body = await body_of(request)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        status, answer = await run_in_threadpool(service.argo, request.path_params["kind"], body)
-        return JSONResponse(answer, status_code=status)
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                body = await body_of(request)
+            except BadRequest as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            status, answer = await run_in_threadpool(decide, request.path_params[parameter], body)
+            return JSONResponse(answer, status_code=status)
 
-    async def healthz(request: Request) -> JSONResponse:
-        status, answer = service.healthz()
-        return JSONResponse(answer, status_code=status)
+        return endpoint
 
-    async def rollouts(request: Request) -> JSONResponse:
-        status, answer = service.rollouts()
-        return JSONResponse(answer, status_code=status)
+    def read(report: Callable[[], Answer]) -> Callable[[Request], Awaitable[JSONResponse]]:
+        async def endpoint(request: Request) -> JSONResponse:
+            status, answer = report()
+            return JSONResponse(answer, status_code=status)
+
+        return endpoint
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
@@ -654,14 +655,14 @@ def create_app(service: DecisionService) -> Any:
         )
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("decision: unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/rollouts", rollouts, methods=["GET"]),
-        Route("/flagger/{hook}", flagger, methods=["POST"]),
-        Route("/argo/{kind}", argo, methods=["POST"]),
+        Route("/healthz", read(service.healthz), methods=["GET"]),
+        Route("/rollouts", read(service.rollouts), methods=["GET"]),
+        Route("/flagger/{hook}", posted(service.flagger, "hook"), methods=["POST"]),
+        Route("/argo/{kind}", posted(service.argo, "kind"), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: server_error})
 
@@ -687,12 +688,10 @@ def settings_from_env() -> AnalysisSettings:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="decision: %(message)s", stream=sys.stderr)
     try:
         settings = settings_from_env()
-    except ReplayError as exc:
-        print(f"decision: {exc}", file=sys.stderr)
-        return 2
+    except ReplayError as exc:  # the Deployment's environment is the input here
+        raise UsageError(str(exc)) from None
     allowed = [t.strip() for t in os.environ.get(ALLOWED_TARGETS_ENV, "").split(",") if t.strip()]
     prometheus = os.environ.get(PROMETHEUS_ENV, "")
     from rollout.plan import pairs_per_interval
@@ -704,11 +703,15 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     resolver = None
     if args.kubernetes:
-        from ops.kube import KubeClient, in_cluster_credentials
+        from ops.cluster import ClusterConfigError, connect
         from serving.settings import DEFAULT_HTTP_PORT
 
+        try:
+            cluster = connect(allow_in_cluster=True)  # the pod's service account (a kubeconfig elsewhere)
+        except ClusterConfigError as exc:
+            raise UsageError(f"--kubernetes: {exc}") from None
         resolver = KubePodResolver(
-            KubeClient(in_cluster_credentials()),
+            cluster,
             port=DEFAULT_HTTP_PORT,
             workload_selector="fraud-platform/workload=model-server",
         )
@@ -722,8 +725,9 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     threading.Thread(target=service.load, name="holdout", daemon=True).start()
     log.info(
-        "serving on %s:%d, targets %s, Prometheus %s", args.host, args.port, allowed or "any", prometheus or "none"
-    )
+        "decision: serving on %s:%d, targets %s, Prometheus %s",
+        args.host, args.port, allowed or "any", prometheus or "none",
+    )  # fmt: skip
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning", access_log=False)
     service.stop()
     return 0

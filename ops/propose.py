@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fraudctl.files import write_text
 from infra.config import PROJECT, ConfigError
 
 MODES = ("pull-request", "commit")
@@ -102,17 +103,6 @@ def validate_stack_text(text: str, stack: str, root: Path) -> None:
     from infra.config import validate_stack_text as validate
 
     validate(text, stack, root)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -275,7 +265,7 @@ def propose(
         if after == before:
             head = git.run("rev-parse", "HEAD")
             return Proposal(stack, model_version, model_uri, image, mode, base, base, head, "", changed=False)
-        _write_atomic(stack_file, after)
+        write_text(stack_file, after)
         title = f"model: roll out {model_version} ({model_uri}) on stack {stack}"
         body = _describe(model_version, model_uri, image, workflow, gate)
         author = ["-c", f"user.name={AUTHOR_NAME}", "-c", f"user.email={AUTHOR_EMAIL}"]

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fraudctl.errors import UsageError
+
 if TYPE_CHECKING:
     from rollout.decision import LabelledPair
 
@@ -66,10 +68,9 @@ class Holdout:
 def scenario_holdout(source: str | None = None) -> Holdout:
     """The real holdout (February and March 2024 of the drift scenario), as model/scenario.py defines it."""
     from model.data import FEATURE_COLUMNS
-    from model.progress import stderr_report
     from model.scenario import load_scenario
 
-    scenario = load_scenario(source, report=stderr_report("replay"))
+    scenario = load_scenario(source)
     rows = [Transaction(t.features, t.label) for t in scenario.iter_holdout()]
     return Holdout(rows, FEATURE_COLUMNS)
 
@@ -380,8 +381,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def run_once(args: argparse.Namespace) -> int:
-    from fraudctl.errors import UsageError
-
     for flag, value, low, high in (
         ("--transactions", args.transactions, 1, 10_000_000),
         ("--batch-size", args.batch_size, 1, 1_000),
@@ -407,7 +406,9 @@ def run_once(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fraudctl.errors import UsageError
+    """``python -m ops.replay``, the decision service's container command: not fraudctl, so it sets up the same
+    logging (one stderr handler, progress at INFO) and error convention itself."""
+    from fraudctl.cli import run, setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m ops.replay", description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="replay_command", required=True, metavar="ACTION")
@@ -416,11 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         actions.add_parser("run", help="replay once to a stable and a candidate; print the counts as JSON"),
     )
     args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except UsageError as error:
-        print(f"replay: {error}", file=sys.stderr)
-        return 2
+    setup_logging()
+    return run(args, "replay")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ the signal to each mark, and the decision its report then records.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from rehearsal.processes import listening_ports, processes_of_run, scratch_folde
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MARKS = ("ports_free", "processes_gone", "temporary_folder_removed", "run_folder_removed")
 POLL_SECONDS = 0.02
+
+log = logging.getLogger(__name__)
 
 
 class BenchError(RuntimeError):
@@ -36,7 +38,7 @@ def _new_record(base: Path, before: set[Path]) -> Path | None:
 
 
 def stop_once(
-    sig: signal.Signals, home: Path, rehearse_args: list[str], *, start_timeout: float = 900.0, log: Callable = print
+    sig: signal.Signals, home: Path, rehearse_args: list[str], *, start_timeout: float = 900.0
 ) -> dict[str, Any]:
     base = home / "reports" / "rehearsal"
     before = set(base.glob("*")) if base.exists() else set()
@@ -62,8 +64,10 @@ def stop_once(
         run_id = json.loads(record_path.read_text())["run_id"]
         children = processes_of_run(run_id, with_ports=True)
         ports = {port for child in children for port in child.ports}
-        log(f"sending {sig.name} to the rehearsal (pid {proc.pid}); its processes: "
-            + ", ".join(child.describe() for child in children))  # fmt: skip
+        log.info(
+            f"bench rehearsal-stop: sending {sig.name} to the rehearsal (pid {proc.pid}); its processes: "
+            + ", ".join(child.describe() for child in children)
+        )
         sent = time.monotonic()
         proc.send_signal(sig)
         seconds: dict[str, float] = {}
@@ -96,13 +100,13 @@ def stop_once(
 
 
 def run_bench(sig: signal.Signals, runs: int, home: Path, rehearse_args: list[str]) -> dict[str, Any]:
-    def log(message: str) -> None:
-        print(f"bench rehearsal-stop: {message}", file=sys.stderr, flush=True)
-
     results = []
     for number in range(1, runs + 1):
-        log(f"run {number}/{runs}: fraudctl rehearse {' '.join(rehearse_args)} until its first analysis step")
-        results.append(stop_once(sig, home, rehearse_args, log=log))
+        log.info(
+            "bench rehearsal-stop: run %d/%d: fraudctl rehearse %s until its first analysis step",
+            number, runs, " ".join(rehearse_args),
+        )  # fmt: skip
+        results.append(stop_once(sig, home, rehearse_args))
     summary = {}
     for mark in MARKS:
         values = [r["seconds"][mark] for r in results if r["seconds"][mark] is not None]

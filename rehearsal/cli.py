@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
 from fraudctl.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -20,7 +22,9 @@ def register(commands: Any, bench: Any) -> None:
     parser.add_argument("--stack", default="dev", help="stack whose config drives the rollout (default dev)")
     parser.add_argument("--strategy", choices=("canary", "blue-green"), help="override the stack's strategy")
     parser.add_argument("--inject-fault", choices=("error", "degrade"), help="set SIMULATE_ERROR on the candidate")
-    parser.add_argument("--at-step", type=int, default=2, help="analysis step (1-based) at which the fault starts")
+    parser.add_argument(
+        "--at-step", type=int, default=None, help="analysis step (1-based) at which the fault starts (default 2)"
+    )
     parser.add_argument(
         "--interval",
         type=float,
@@ -57,9 +61,9 @@ def register(commands: Any, bench: Any) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.inject_fault is None and "--at-step" in sys.argv[1:]:
+    if args.inject_fault is None and args.at_step is not None:
         raise UsageError("--at-step: only meaningful with --inject-fault error|degrade")
-    if args.at_step < 1:
+    if args.at_step is not None and args.at_step < 1:
         raise UsageError(f"--at-step: must be 1 or more, got {args.at_step}")
     if args.interval is not None and not 2 <= args.interval <= 600:
         raise UsageError(f"--interval: must be between 2 and 600 seconds, got {args.interval:g}")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("; ".join(error.problems)) from None
     options = RehearsalOptions(
         fault=args.inject_fault,
-        at_step=args.at_step,
+        at_step=2 if args.at_step is None else args.at_step,
         interval_seconds=args.interval,
         fraud_share=args.fraud_share,
         report_dir=args.report,
@@ -111,7 +115,7 @@ def _bench_stop(args: argparse.Namespace) -> int:
             ["--interval", f"{args.interval:g}", "--stack", args.stack],
         )
     except BenchError as error:
-        print(f"fraudctl bench rehearsal-stop: {error}", file=sys.stderr)
+        log.error("bench rehearsal-stop: %s", error)
         return 1
     print(json.dumps(result, indent=2))
     return 0

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infra.config import StackConfig
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,6 @@ def prepare_models(
     home: str | Path | None = None,
     scenario: Any = None,
     train_params: Any = None,
-    log: Log = lambda message: None,
 ) -> PreparedModels:
     """Train or reuse v1/v2 in the embedded MLflow registry, run the gate, and pick the holdout to replay.
 
@@ -46,11 +45,11 @@ def prepare_models(
 
     settings = config.gate
     if scenario is None:
-        scenario = load_scenario(data_source, home=home, report=log)
-    registered = ensure_models(scenario=scenario, home=home, gate=settings, train_params=train_params, report=log)
-    outcome = evaluate_models(settings=settings, scenario=scenario, home=home, train_params=train_params, report=log)
+        scenario = load_scenario(data_source, home=home)
+    registered = ensure_models(scenario=scenario, home=home, gate=settings, train_params=train_params)
+    outcome = evaluate_models(settings=settings, scenario=scenario, home=home, train_params=train_params)
     decision = outcome.decision
-    log(f"gate: {'passed' if decision.passed else 'FAILED'} ({'; '.join(decision.reasons)})")
+    log.info(f"rehearse: gate: {'passed' if decision.passed else 'FAILED'} ({'; '.join(decision.reasons)})")
     holdout = scenario.holdout
     stable, candidate = registered[config.model.stable_version], registered[config.model.candidate_version]
     return PreparedModels(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -44,16 +45,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fraudctl.files import write_json
+
 RUN_ENV = "FRAUD_REHEARSAL_RUN"
 SCRATCH_PREFIX = "fraud-rehearsal-"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _TCP_LISTEN = "0A"  # /proc/net/tcp state column
 
-Log = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    """The default log: say nothing."""
+log = logging.getLogger(__name__)
 
 
 # -- what /proc says about a process ---------------------------------------------------------------------
@@ -217,7 +216,7 @@ class StopSignals:
     ``interruptible()``; a signal that comes before is raised on entering it, one that comes after (while
     children are stopped and the report is written) is only noted and logged, so stopping is never cut short.
 
-        with StopSignals(log) as signals:
+        with StopSignals() as signals:
             try:
                 with signals.interruptible():
                     work()
@@ -230,8 +229,7 @@ class StopSignals:
 
     HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, log: Log = _quiet) -> None:
-        self.log = log
+    def __init__(self) -> None:
         self.received: list[int] = []
         self._state = "before"  # before -> armed -> after
         self._pending: int | None = None
@@ -262,7 +260,7 @@ class StopSignals:
         if self._state == "before":
             self._pending = self._pending or signum
             return
-        self.log(f"{signal.Signals(signum).name} received: already stopping, finishing the report first")
+        log.info(f"rehearse: {signal.Signals(signum).name} received: already stopping, finishing the report first")
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
@@ -277,12 +275,6 @@ class StopSignals:
 
 
 # -- one run's processes and scratch space ----------------------------------------------------------------
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -311,7 +303,6 @@ class RunScope:
     home: Path
     run_id: str
     report_folder: Path
-    log: Log = _quiet
     grace_seconds: float = 10.0
     watchdog: bool = True
     stopped: list[ChildProcess] = field(default_factory=list)
@@ -343,7 +334,7 @@ class RunScope:
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.scratch.mkdir(mode=0o700)
         me = _stat(os.getpid())
-        _write_json(
+        write_json(
             building / "owner.json",
             {
                 "run_id": self.run_id,
@@ -354,6 +345,7 @@ class RunScope:
                 "scratch": str(self.scratch),
                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
+            sort_keys=False,
         )
         os.rename(building, self.folder)
         if self.watchdog:
@@ -372,6 +364,7 @@ class RunScope:
         """SIGTERM to every process of the run at once, without waiting: servers shut down in parallel, and
         whoever stops them one by one afterwards (the rig) only waits for the slowest."""
         children = self.children(with_ports=False)
+        log.debug("rehearse: SIGTERM to %s", ", ".join(c.describe() for c in children) or "no process")
         for child in children:
             _signal(child, signal.SIGTERM)
         return children
@@ -380,10 +373,10 @@ class RunScope:
         try:
             leftovers = self.children()
             if leftovers:
-                self.log(f"stopping what is still running: {', '.join(c.describe() for c in leftovers)}")
+                log.warning(f"rehearse: stopping what is still running: {', '.join(c.describe() for c in leftovers)}")
                 stuck = stop_processes(leftovers, self.grace_seconds)
                 if stuck:
-                    self.log(f"could not stop: {', '.join(c.describe() for c in stuck)}")
+                    log.error(f"rehearse: could not stop: {', '.join(c.describe() for c in stuck)}")
             self.stopped = leftovers
         finally:
             for key, value in self._saved_env.items():
@@ -511,7 +504,6 @@ def _mark_report_killed(folder: Path, reason: str) -> bool:
 def reap_abandoned_runs(
     home: Path,
     *,
-    log: Log = _quiet,
     grace_seconds: float = 10.0,
     mark_report: Callable[[Path, str], bool] = _mark_report_killed,
 ) -> list[Reaped]:
@@ -528,12 +520,14 @@ def reap_abandoned_runs(
         lock = _try_lock(folder / "lock")
         if lock is None:
             if not (folder / "lock").exists() and not folder.name.startswith("."):
-                log(f"{folder}: a run folder without its lock file; remove it if no rehearsal is running")
+                log.warning(
+                    "rehearse: %s: a run folder without its lock file; remove it if no rehearsal is running", folder
+                )
             continue  # a live rehearsal holds it
         try:
             if folder.exists():
                 result = _reap(folder, grace_seconds, mark_report)
-                log(result.describe())
+                log.info(f"rehearse: {result.describe()}")
                 reaped.append(result)
         finally:
             lock.close()

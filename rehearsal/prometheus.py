@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +20,9 @@ import httpx
 import yaml
 
 from fraudctl.lifetime import parent_death_signal
+from serving.process import free_ports
+
+log = logging.getLogger(__name__)
 
 
 class PrometheusError(RuntimeError):
@@ -28,12 +31,6 @@ class PrometheusError(RuntimeError):
 
 class PrometheusUnavailable(PrometheusError):
     """Prometheus stopped answering (exited, killed, or not listening): there is no data, not a bad value."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prometheus_binary() -> str:
@@ -106,7 +103,7 @@ class PrometheusProcess:
         self._dir = Path(tempfile.mkdtemp(prefix="fraud-prometheus-"))
         config_path = self._dir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(scrape_config(self.targets, self.scrape_interval_seconds)))
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self._log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [
@@ -128,6 +125,7 @@ class PrometheusProcess:
                 raise PrometheusError(f"prometheus exited at start: {self.log_tail()}")
             try:
                 if self._client.get(f"{self.url}/-/ready").status_code == 200:
+                    log.debug("prometheus ready on %s: pid %d, its folder %s", self.url, self._proc.pid, self._dir)
                     return
             except httpx.HTTPError:
                 pass

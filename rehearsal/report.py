@@ -9,14 +9,15 @@ even a rehearsal killed outright leaves what it decided so far; its next run mar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudctl.errors import UsageError
+from fraudctl.files import atomic_path, write_json, write_text
 
 if TYPE_CHECKING:
     from rehearsal.engine import RolloutOutcome
@@ -25,18 +26,7 @@ LATEST = "latest"
 RECORD = "rehearsal.json"
 SUMMARY = "summary.md"
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+log = logging.getLogger(__name__)
 
 
 def _unusable(path: Path, error: OSError) -> UsageError:
@@ -78,21 +68,14 @@ def new_run_folder(base: Path, strategy: str, fault: str | None, now: float | No
 def point_latest(base: Path, folder: Path) -> Path:
     """Make ``<base>/latest`` point at ``folder``, atomically (a new symlink renamed over the old one)."""
     latest = base / LATEST
-    tmp = base / f".{LATEST}.{os.getpid()}.{secrets.token_hex(4)}"
-    os.symlink(os.path.relpath(folder, base), tmp)
-    try:
-        os.replace(tmp, latest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(latest) as link:
+        os.symlink(os.path.relpath(folder, base), link)
     return latest
 
 
 def write_record(folder: Path, data: dict[str, Any]) -> Path:
     """The JSON record alone (cheap: written after every step)."""
-    path = folder / RECORD
-    _atomic_write(path, json.dumps(data, indent=2).encode())
-    return path
+    return write_json(folder / RECORD, data, sort_keys=False)
 
 
 def mark_killed(folder: Path, reason: str) -> bool:
@@ -107,7 +90,7 @@ def mark_killed(folder: Path, reason: str) -> bool:
     data["decision"] = "killed"
     data["reason"] = reason
     write_record(folder, data)
-    _atomic_write(folder / SUMMARY, summary_markdown(data, []).encode())
+    write_text(folder / SUMMARY, summary_markdown(data, []))
     return True
 
 
@@ -142,9 +125,8 @@ def write_charts(outcome: RolloutOutcome, thresholds: dict[str, float], out: Pat
 
     def save(fig: Any, name: str) -> None:
         path = out / name
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as temp:
+            fig.savefig(temp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
 
@@ -257,7 +239,7 @@ def summary_markdown(data: dict[str, Any], charts: list[Path]) -> str:
 
 
 def write_report(
-    outcome: RolloutOutcome, data: dict[str, Any], thresholds: dict[str, float], out: Path, *, log: Any = None
+    outcome: RolloutOutcome, data: dict[str, Any], thresholds: dict[str, float], out: Path
 ) -> list[Path]:
     """Record, summary and charts into ``out``. The record comes first; a chart that fails to draw is skipped
     (and logged) rather than costing the rest of the report."""
@@ -268,7 +250,6 @@ def write_report(
         try:
             charts = write_charts(outcome, thresholds, out)
         except Exception as error:  # matplotlib trouble must not cost the record and summary
-            if log is not None:
-                log(f"charts not drawn: {type(error).__name__}: {error}")
-    _atomic_write(out / SUMMARY, summary_markdown(data, charts).encode())
+            log.warning(f"rehearse: charts not drawn: {type(error).__name__}: {error}")
+    write_text(out / SUMMARY, summary_markdown(data, charts))
     return [out / SUMMARY, out / RECORD, *charts]

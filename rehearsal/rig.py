@@ -10,8 +10,9 @@ primary's health use the controllers' own selectors on them, so the rehearsal se
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from rollout import analysis
 from rollout.settings import AnalysisSettings
 from serving.process import MLServerProcess
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,7 +50,6 @@ class LocalRig:
     strategy: str = "canary"
     fault_mode: str | None = None
     scrape_interval: float = 1.0
-    log: Log = field(default=lambda message: None)
     serving_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,8 +72,10 @@ class LocalRig:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalRig:
-        self.log(
-            f"starting MLServer {self.models.stable_version} (stable) and {self.models.candidate_version} (candidate)"
+        log.info(
+            "rehearse: starting MLServer %s (stable) and %s (candidate)",
+            self.models.stable_version,
+            self.models.candidate_version,
         )
         self.stable = self._server(self.models.stable_uri, self.models.stable_version).start()
         self.started_pids += [self.stable.pid] if self.stable.pid else []
@@ -83,7 +85,7 @@ class LocalRig:
         self.prometheus = PrometheusProcess(self._targets(), scrape_interval_seconds=self.scrape_interval).start()
         self.started_pids += [self.prometheus.pid] if self.prometheus.pid else []
         self.prometheus.wait_for_targets()
-        self.log(f"prometheus on {self.prometheus.url} scraping both servers every {self.scrape_interval:g}s")
+        log.info(f"rehearse: prometheus on {self.prometheus.url} scraping both servers every {self.scrape_interval:g}s")
         self.traffic.route(*self._backends())
         self.traffic.start()
         return self
@@ -113,7 +115,7 @@ class LocalRig:
                 try:
                     proc.stop()
                 except Exception as exc:  # keep stopping the rest
-                    self.log(f"stop failed: {exc}")
+                    log.warning(f"rehearse: stop failed: {exc}")
         self.prometheus = self.candidate = self.stable = None
         self._retired.clear()
 
@@ -181,7 +183,7 @@ class LocalRig:
         the fault reached traffic."""
         assert self.candidate and self.prometheus and self.fault_mode
         env = {"SIMULATE_ERROR": "true" if self.fault_mode == "error" else self.fault_mode}
-        self.log(f"injecting fault: SIMULATE_ERROR={env['SIMULATE_ERROR']} on the candidate")
+        log.info(f"rehearse: injecting fault: SIMULATE_ERROR={env['SIMULATE_ERROR']} on the candidate")
         faulty = self._server(self.models.candidate_uri, self.models.candidate_version, env).start()
         if faulty.pid:
             self.started_pids.append(faulty.pid)

@@ -11,18 +11,19 @@ exit code 2.
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import signal
-import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fraudctl.errors import UsageError
 from infra.config import StackConfig
-from ops.decision_service import ReplayParameters
+from ops.decision_service import DecisionService, ReplayParameters
 from ops.replay import holdout_from_rows
 from rehearsal.engine import FaultPlan, RehearsalPlan, RolloutEngine, RolloutOutcome, StepRecord, plan_rehearsal
 from rehearsal.processes import Interrupted, RunScope, StopSignals, reap_abandoned_runs
@@ -36,6 +37,8 @@ from serving.process import ServerStartError
 EXIT_DECIDED = 0
 EXIT_FAILED = 1  # the gate rejected the candidate, or something broke: no rollout decision
 EXIT_LOCAL_STATE = 2  # bad local state ($FRAUD_HOME, the registry, the data): the user can fix it
+
+log = logging.getLogger(__name__)
 
 
 class GateRejected(RuntimeError):
@@ -70,31 +73,24 @@ class Ending:
     detail: str | None = None  # the full error text or traceback, kept in the report folder's error.log
 
 
-def _log(message: str) -> None:
-    print(f"rehearse: {message}", file=sys.stderr, flush=True)
-
-
 def _one_line(error: BaseException) -> str:
     """The first line of an error's message (the rest, e.g. a server's log tail, goes to error.log)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _model_input_errors() -> tuple[type[BaseException], ...]:
-    """What the model package raises for bad local state or data (model/cli.py turns the same into exit 2)."""
-    from model.artifact import ModelArtifactError
-    from model.data import DatasetError
-    from model.gate import GateSettingsError
-    from model.lifecycle import LifecycleError
-    from model.registry import RegistryError
-    from model.scenario import ScenarioError
-    from model.train import TrainingError
-    from model.validation import DataValidationError
-
-    return (
-        DatasetError, DataValidationError, GateSettingsError, LifecycleError, RegistryError, ScenarioError,
-        TrainingError, ModelArtifactError, UsageError,
-    )  # fmt: skip
+@contextlib.contextmanager
+def _decision_service_lines_as_detail() -> Iterator[None]:
+    """The decision service logs every interval it decides; the rehearsal's step lines say the same and more,
+    so here its progress shows with ``--verbose`` only (its warnings always)."""
+    service = logging.getLogger(DecisionService.__module__)
+    saved = service.level
+    if not service.isEnabledFor(logging.DEBUG):
+        service.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        service.setLevel(saved)
 
 
 def check_local_state(home: Path, reports: Path) -> None:
@@ -143,7 +139,6 @@ class _Run:
             home=options.home,
             scenario=options.scenario,
             train_params=options.train_params,
-            log=_log,
         )
         if not self.prepared.gate_summary["passed"] and not options.ignore_gate:
             raise GateRejected(
@@ -166,7 +161,6 @@ class _Run:
             strategy=config.strategy,
             fault_mode=options.fault,
             scrape_interval=options.scrape_interval,
-            log=_log,
             # The servers run with the stack's own adaptive batching, as the cluster's would.
             serving_options={
                 **self.prepared.serving_options,
@@ -177,8 +171,8 @@ class _Run:
         self._enter("starting the servers and Prometheus")
         self.rig.start()
         self._enter("analysing")
-        _log(
-            f"{config.strategy} rollout of {config.model.candidate_version}: interval {self.interval:g}s, "
+        log.info(
+            f"rehearse: {config.strategy} rollout of {config.model.candidate_version}: interval {self.interval:g}s, "
             f"threshold {config.analysis.threshold}, steps {list(config.analysis.step_weights)}"
         )
         fault = FaultPlan(options.fault, options.at_step) if options.fault else None
@@ -207,16 +201,14 @@ class _Run:
 
     def _progress(self, step: StepRecord, total: int) -> None:
         self.steps.append(step)
-        checks = " | ".join(c.describe() for c in step.checks)
+        checks = "".join(f" | {c.describe()}" for c in step.checks)
         fault = " [fault active]" if step.fault_active else ""
         where = f"step {step.index} ({step.phase}, weight {step.weight}%){fault}"
         # A pass says little more than "pass"; anything else says why.
         verdict = step.verdict or "no verdict"
         if step.reason and step.verdict != "pass":
             verdict += f": {step.reason}"
-        _log(
-            f"{where}: {verdict}{' | ' + checks if checks else ''} -> {step.action}, failed checks {step.failed_checks}"
-        )
+        log.info(f"rehearse: {where}: {verdict}{checks} -> {step.action}, failed checks {step.failed_checks}")
         self.save_progress()
 
     def save_progress(self) -> None:
@@ -229,7 +221,7 @@ class _Run:
         try:
             write_record(self.folder, data)
         except OSError as error:  # a full disk must not stop the rollout; the final report says the rest
-            _log(f"could not save progress to {self.folder}: {error.strerror or error}")
+            log.warning(f"rehearse: could not save progress to {self.folder}: {error.strerror or error}")
 
     def attempt(self, signals: StopSignals, scope: RunScope) -> Ending:
         """The work, interruptible; then the rig stopped (not interruptible). Never raises."""
@@ -243,12 +235,12 @@ class _Run:
             error = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
         ending = self.ending(error)
         if self.outcome is None and self.rig is not None:
-            _log(f"{ending.decision}: stopping the servers and Prometheus")
+            log.info(f"rehearse: {ending.decision}: stopping the servers and Prometheus")
         try:
             scope.terminate()  # all at once: the rig then waits for each, as long as the slowest takes
             self.stop_rig()
         except Exception as failure:  # RunScope stops whatever this leaves running
-            _log(f"stopping the rig: {type(failure).__name__}: {failure}")
+            log.warning(f"rehearse: stopping the rig: {type(failure).__name__}: {failure}")
         return ending
 
     # -- endings ----------------------------------------------------------------------------------------
@@ -267,7 +259,7 @@ class _Run:
             return Ending("error", f"{error} while {self.phase}{verdict}{steps}", EXIT_FAILED, str(error))
         if isinstance(error, PrometheusError | ServerStartError):
             return Ending("error", f"{_one_line(error)} (while {self.phase}){steps}", EXIT_FAILED, str(error))
-        if isinstance(error, _model_input_errors()):
+        if isinstance(error, UsageError):  # the model package's errors for bad local state or data among them
             return Ending("error", f"{_one_line(error)} (while {self.phase})", EXIT_LOCAL_STATE, str(error))
         assert error is not None
         detail = "".join(traceback.format_exception(error))
@@ -340,7 +332,7 @@ class _Run:
         ending = self._signalled(ending, signals)
         data = self.data(ending, stopped=stopped, signals=signals)
         thresholds = {check.name: check.threshold for check in analysis.analysis_checks(self.config.analysis)}
-        written = write_report(self.outcome or self._partial(ending), data, thresholds, self.folder, log=_log)
+        written = write_report(self.outcome or self._partial(ending), data, thresholds, self.folder)
         if ending.detail:
             (self.folder / "error.log").write_text(ending.detail)
             written.append(self.folder / "error.log")
@@ -363,26 +355,27 @@ def rehearse(config: StackConfig, options: RehearsalOptions) -> dict[str, Any]:
     # The plan first: a configuration that cannot decide at this interval is refused before anything starts.
     interval = options.interval_seconds or min(float(config.analysis.interval_seconds), 10.0)
     planned = plan_rehearsal(config.analysis, interval)
-    _log(planned.note)
-    with StopSignals(_log) as signals:
+    log.info(f"rehearse: {planned.note}")
+    with StopSignals() as signals:
         check_local_state(home, base)
-        reap_abandoned_runs(home, log=_log)
+        reap_abandoned_runs(home)
         run = _Run(config, options, home, new_run_folder(base, config.strategy, options.fault), planned)
         run.save_progress()  # from the first moment on, the folder says what this run is and how far it got
-        scope = RunScope(home, run.run_id, run.folder, log=_log)
+        scope = RunScope(home, run.run_id, run.folder)
         with contextlib.ExitStack() as lifetime:
             try:
                 lifetime.enter_context(scope)
             except OSError as error:
                 ending = Ending("error", f"cannot track the run's processes: {error}", EXIT_LOCAL_STATE, str(error))
             else:
-                ending = run.attempt(signals, scope)
+                with _decision_service_lines_as_detail():
+                    ending = run.attempt(signals, scope)
         # The scope is left: every process of the run is stopped. Signals now are noted, never raised.
         try:
             data = run.write_report(ending, scope.stopped, signals.received)
         except OSError as error:
-            _log(f"could not write the report to {run.folder}: {error.strerror or error}")
+            log.error(f"rehearse: could not write the report to {run.folder}: {error.strerror or error}")
             data = run.data(ending, stopped=scope.stopped, signals=signals.received)
             data["exit_code"] = EXIT_LOCAL_STATE
-    _log(f"{data['decision']}: {data['reason']}; report: {run.folder}")
+    log.info(f"rehearse: {data['decision']}: {data['reason']}; report: {run.folder}")
     return data

@@ -17,14 +17,13 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from fraudctl.errors import UsageError
 
-log = logging.getLogger("fraudctl.analysis")
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -78,15 +77,6 @@ def _stack_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds per interval (default analysis.interval; e.g. a rehearsal's compressed one)",
     )
-
-
-def _progress_to_stderr() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[analysis] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -164,8 +154,6 @@ def _seconds(value: float) -> str:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from model.data import DatasetError
-    from model.lifecycle import LifecycleError
     from model.paths import reports_dir
     from rollout.decision import Design
     from rollout.simulate import SimulationError, load_holdout, operating_characteristic, simulate, write_chart
@@ -178,14 +166,13 @@ def run_simulate(args: argparse.Namespace) -> int:
     last = Design.from_settings(config.analysis).max_looks
     if args.fault_at > last:
         raise UsageError(f"--fault-at: must be at most {last} (analysis.horizon + the number of steps)")
-    _progress_to_stderr()
     started = time.monotonic()
     try:
         holdout = load_holdout(config, data_source=args.data)
         common = {"seed": args.seed, "rps": args.rps, "interval_seconds": args.interval}
         result = simulate(config.analysis, holdout, runs=args.runs, fault_at=args.fault_at, **common)
         characteristic = operating_characteristic(config.analysis, holdout, runs=max(500, args.runs // 5), **common)
-    except (DatasetError, LifecycleError, SimulationError) as error:
+    except SimulationError as error:  # the model package's own (no data, no models) are UsageErrors already
         raise UsageError(str(error)) from None
     chart = write_chart(args.chart or reports_dir() / "analysis-simulate.png", characteristic, result, config.analysis)
     result = {
@@ -196,7 +183,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "seconds": round(time.monotonic() - started, 1),
     }
-    log.info(f"simulate: chart {chart}")
+    log.info("simulate: chart %s", chart)
     print(json.dumps(result, indent=2) if args.json else format_simulation(result))
     return 0
 

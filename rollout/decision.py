@@ -270,7 +270,8 @@ def statistics(cells: np.ndarray, design: Design) -> tuple[np.ndarray, ...]:
 
 def log_likelihood_ratio(difference: np.ndarray, variance: np.ndarray, drop: float) -> np.ndarray:
     """log [N(d; -drop, v) / N(d; 0, v)]: evidence for "worse by drop" over "no worse"."""
-    return -(drop * difference + drop * drop / 2.0) / variance
+    ratio: np.ndarray = -(drop * difference + drop * drop / 2.0) / variance
+    return ratio
 
 
 # ---------------------------------------------------------------------------------------------------

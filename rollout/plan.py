@@ -56,7 +56,8 @@ def cell_probabilities(
 ) -> np.ndarray:
     """The 8 cell probabilities from per-class 2x2 tables [s0c0, s0c1, s1c0, s1c1] (each summing to 1)."""
     table = np.concatenate([(1 - fraud_share) * np.asarray(legit, float), fraud_share * np.asarray(frauds, float)])
-    return table / table.sum()
+    probabilities: np.ndarray = table / table.sum()
+    return probabilities
 
 
 def independent_table(stable_rate: float, candidate_rate: float) -> tuple[float, float, float, float]:
@@ -71,11 +72,15 @@ def fpr_for_precision(precision: float, recall: float, fraud_share: float) -> fl
     return fraud_share * recall * (1 / precision - 1) / (1 - fraud_share)
 
 
-def multinomial_draw(probabilities_by_look: Callable[[int], np.ndarray], pairs: int, runs: int) -> IntervalDraw:
-    """Each interval: ``pairs`` labelled pairs per run, multinomial over the 8 cells (both models answer)."""
+def multinomial_draw(
+    probabilities: np.ndarray | Callable[[int], np.ndarray], pairs: int, runs: int
+) -> IntervalDraw:
+    """Each interval: ``pairs`` labelled pairs per run, multinomial over the 8 cells (both models answer), with
+    the same ``probabilities`` at every look or ``probabilities(look)``."""
 
-    def draw(look: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        cells = rng.multinomial(pairs, probabilities_by_look(look), size=runs)
+    def draw(look: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        at_look = probabilities(look) if callable(probabilities) else probabilities
+        cells = rng.multinomial(pairs, at_look, size=runs)
         zeros = np.zeros(runs)
         return cells, zeros, zeros, np.full(runs, float(pairs))
 
@@ -135,7 +140,7 @@ def walk(
         if not np.any((outcome == UNDECIDED_OUTCOME) | (outcome == HALTED)):
             frauds = frauds[:, :look]
             break
-    return Walk(outcome, ended_at, left_step_at, frauds, batch.forced.any(axis=1))
+    return Walk(outcome, ended_at, left_step_at, frauds, np.asarray(batch.forced.any(axis=1)))
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,7 @@ def _evaluate(settings: AnalysisSettings, design: Design, pairs: int, runs: int,
     walks = {}
     for offset, (name, probabilities) in enumerate(planning_points(settings).items()):
         rng = np.random.default_rng([seed, offset])  # common random numbers across replay rates
-        walks[name] = walk(design, steps, multinomial_draw(lambda look, p=probabilities: p, pairs, runs), runs, rng)
+        walks[name] = walk(design, steps, multinomial_draw(probabilities, pairs, runs), runs, rng)
     return walks
 
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fraudctl.files import write_bytes
 from rollout.decision import CELLS, Design
 from rollout.plan import (
     HALTED,
@@ -38,12 +38,13 @@ from rollout.plan import (
     IntervalDraw,
     Walk,
     cell_probabilities,
+    multinomial_draw,
     pairs_per_interval,
     walk,
 )
 from rollout.settings import AnalysisSettings
 
-log = logging.getLogger("fraudctl.analysis")
+log = logging.getLogger(__name__)
 
 SCENARIOS = ("healthy", "subtle", "broken", "primary-down")
 SUBTLE_DROP = 0.10
@@ -153,7 +154,7 @@ def build_scenarios(holdout: ScoredHoldout, fraud_share: float, subtle_drop: flo
 def scenario_draw(name: str, scenarios: Scenarios, pairs: int, runs: int, fault_at: int) -> IntervalDraw:
     """The interval draws of one scenario."""
 
-    def draw(look: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def draw(look: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         faulty = look >= fault_at
         probabilities = {
             "healthy": scenarios.healthy,
@@ -210,7 +211,6 @@ def simulate(
     rps: float | None = None,
     interval_seconds: float | None = None,
     subtle_drop: float = SUBTLE_DROP,
-    progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Per scenario: promote / rollback / halt rates and the median time to a decision."""
     if runs < 1:
@@ -238,7 +238,7 @@ def simulate(
             draw = scenario_draw(name, scenarios, pairs, size, fault_at)
             result.add(walk(design, steps, draw, size, rng, max_looks=design.max_looks))
             done += size
-            progress(f"simulate: {name}: {done:,}/{runs:,} rollouts")
+            log.info(f"simulate: {name}: {done:,}/{runs:,} rollouts")
         results[name] = result.summary(interval, fault_at)
     return {
         "runs": runs,
@@ -276,7 +276,6 @@ def operating_characteristic(
     rps: float | None = None,
     interval_seconds: float | None = None,
     drops: tuple[float, ...] = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2),
-    progress: Callable[[str], None] = log.info,
 ) -> list[dict[str, float]]:
     """P(roll back) and median decision time of the real candidate with its threshold lowered until its
     precision is ``drop`` below the stable's (0: as registered, when it is not already lower)."""
@@ -300,12 +299,7 @@ def operating_characteristic(
         result = walk(
             design,
             len(settings.step_weights),
-            lambda look, rng, p=probabilities: (
-                rng.multinomial(pairs, p, size=runs),
-                np.zeros(runs),
-                np.zeros(runs),
-                np.full(runs, float(pairs)),
-            ),
+            multinomial_draw(probabilities, pairs, runs),
             runs,
             np.random.default_rng([seed, 100 + index]),
         )
@@ -318,7 +312,7 @@ def operating_characteristic(
                 "median_seconds_to_decision": float(np.median(ended) * interval),
             }
         )
-        progress(f"simulate: operating characteristic {index + 1}/{len(drops)}")
+        log.info("simulate: operating characteristic %d/%d", index + 1, len(drops))
     return points
 
 
@@ -330,8 +324,6 @@ def write_chart(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from model.atomic import write_bytes
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     drops = [p["precision_drop"] for p in characteristic]
@@ -373,9 +365,9 @@ def load_holdout(config: Any, *, data_source: str | None = None, home: str | Pat
     from model.lifecycle import ensure_models
     from model.scenario import load_scenario
 
-    scenario = load_scenario(data_source, home=home, report=log.info)
+    scenario = load_scenario(data_source, home=home)
     versions = (config.model.stable_version, config.model.candidate_version)
-    registered = ensure_models(versions=versions, scenario=scenario, home=home, gate=config.gate, report=log.info)
+    registered = ensure_models(versions=versions, scenario=scenario, home=home, gate=config.gate)
     holdout = scenario.holdout
     features = holdout[list(FEATURE_COLUMNS)]
     stable, candidate = registered[versions[0]], registered[versions[1]]

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,9 +35,7 @@ DEFAULT_ALIAS = "champion"
 # Issue 12's targets, on the 2-core machine.
 TARGETS = {"p99_ms_at_most": 3.0, "rps_c4_at_least": 1000.0, "p99_ms_c16_at_most": 20.0}
 
-
-def _progress(message: str) -> None:
-    print(f"bench serving: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def local_tracking_uri() -> str:
@@ -85,7 +83,7 @@ def resolve_model(model_uri: str | None, work_dir: Path) -> BenchModel:
 def _synthetic(work_dir: Path, why: str) -> BenchModel:
     from serving.synthetic_model import train_synthetic_model
 
-    _progress(f"{why}; training a quick model on generated data")
+    log.info(f"bench serving: {why}; training a quick model on generated data")
     path = train_synthetic_model(work_dir / "synthetic-model", rows=20_000, max_iter=100)
     return BenchModel(path, "synthetic (HistGradientBoosting on 20,000 generated rows)")
 
@@ -286,7 +284,7 @@ def run_bench(
             "features": len(features),
         }
 
-        _progress("in-process predict (1 thread)")
+        log.info("bench serving: in-process predict (1 thread)")
         with threadpool_limits(1):
             scorer = FraudScorer(model)
             one_row = rows[:1]
@@ -295,7 +293,7 @@ def run_bench(
 
             frame = pd.DataFrame(one_row, columns=features)
             via_frame = _inprocess(lambda: model.fraud_probability(frame), 300)
-            _progress("scoring backends side by side")
+            log.info("bench serving: scoring backends side by side")
             result["compiled_backends"] = compare_backends(model, rows)
         result["inproc_p50_ms"] = fast["p50_ms"]
         result["inproc_p99_ms"] = fast["p99_ms"]
@@ -306,16 +304,16 @@ def run_bench(
 
         bodies = [fraud_request_body(row, features) for row in rows]
         path = "/v2/models/fraud-detector/infer"
-        _progress("starting the fraud runtime server")
+        log.info("bench serving: starting the fraud runtime server")
         with MLServerProcess(
             chosen.path, max_batch_size=max_batch_size, max_batch_time_seconds=max_batch_time_seconds
         ) as server:
             _check_answer(server.http_url, path, bodies[0])
-            _progress(f"sequential single-row latency, {requests} requests")
+            log.info(f"bench serving: sequential single-row latency, {requests} requests")
             sequential = asyncio.run(_sequential(server.http_url, path, bodies, requests, warmup=300))
-            _progress(f"throughput, 4 clients, {seconds:.0f} s")
+            log.info(f"bench serving: throughput, 4 clients, {seconds:.0f} s")
             c4 = asyncio.run(_concurrent(server.http_url, path, bodies, 4, seconds))
-            _progress(f"throughput, 16 clients, {seconds:.0f} s")
+            log.info(f"bench serving: throughput, 16 clients, {seconds:.0f} s")
             c16 = asyncio.run(_concurrent(server.http_url, path, bodies, 16, seconds))
         result.update({k: sequential[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")})
         result["sequential_requests"] = sequential["requests"]
@@ -333,14 +331,14 @@ def run_bench(
 
         if not skip_mlflow:
             mlflow_bodies = [mlflow_request_body(row, features) for row in rows]
-            _progress("starting MLServer's stock MLflow runtime on the same model")
+            log.info("bench serving: starting MLServer's stock MLflow runtime on the same model")
             with MLServerProcess(
                 chosen.path, command="mlserver", implementation=MLFLOW_RUNTIME_IMPLEMENTATION
             ) as peer:
                 _check_answer(peer.http_url, path, mlflow_bodies[0])
-                _progress(f"MLflow runtime sequential latency, {mlflow_requests} requests")
+                log.info(f"bench serving: MLflow runtime sequential latency, {mlflow_requests} requests")
                 peer_seq = asyncio.run(_sequential(peer.http_url, path, mlflow_bodies, mlflow_requests, 200))
-                _progress(f"MLflow runtime throughput, 4 clients, {seconds:.0f} s")
+                log.info(f"bench serving: MLflow runtime throughput, 4 clients, {seconds:.0f} s")
                 peer_c4 = asyncio.run(_concurrent(peer.http_url, path, mlflow_bodies, 4, seconds))
             result["mlflow_runtime_p50_ms"] = peer_seq["p50_ms"]
             result["mlflow_runtime_p99_ms"] = peer_seq["p99_ms"]

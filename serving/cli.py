@@ -1,10 +1,14 @@
-"""``fraudctl serve`` and ``fraudctl bench serving``."""
+"""``fraudctl serve`` and ``fraudctl bench serving``.
+
+Progress and the server's state go to stderr (logging); bench results (JSON) to stdout. Bad flags are UsageErrors.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -15,7 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fraudctl.errors import UsageError
 from serving.feedback import SIGNING_KEY_ENV
+
+log = logging.getLogger(__name__)
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -59,16 +66,10 @@ def register(commands: Any, bench: Any) -> None:
     serving_bench.set_defaults(handler=_bench)
 
 
-def _usage_error(message: str) -> Exception:
-    from fraudctl.cli import UsageError
-
-    return UsageError(message)
-
-
 def _require_model_dir(uri: str, given: str) -> None:
     """A local model URI must be an existing folder; registry and remote URIs are checked when loaded."""
     if "://" not in uri and not uri.startswith(("models:", "runs:")) and not Path(uri).is_dir():
-        raise _usage_error(f"--model-uri {given!r}: no such model directory")
+        raise UsageError(f"--model-uri {given!r}: no such model directory")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -88,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_rows=args.max_rows,
         )
     except ServingConfigError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     uri = config.resolved_model_uri()
     is_registry = uri.startswith(("models:", "runs:"))
     _require_model_dir(uri, args.model_uri)
@@ -97,10 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
         env["MLFLOW_TRACKING_URI"] = local_tracking_uri()
     if not env.get(SIGNING_KEY_ENV):
         env[SIGNING_KEY_ENV] = secrets.token_hex(32)
-        print(
-            f"fraudctl serve: {SIGNING_KEY_ENV} is not set; using a random key, so prediction ids verify only "
-            "on this process (set it to the same secret on every replica)",
-            file=sys.stderr,
+        log.warning(
+            "fraudctl serve: %s is not set; using a random key, so prediction ids verify only on this process "
+            "(set it to the same secret on every replica)",
+            SIGNING_KEY_ENV,
         )
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in _STOP_SIGNALS}
     try:
@@ -150,7 +151,7 @@ def _stop_server(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) 
     try:
         process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
-        print(f"fraudctl serve: the server did not stop within {grace_seconds:.0f} s; killing it", file=sys.stderr)
+        log.warning("fraudctl serve: the server did not stop within %.0f s; killing it", grace_seconds)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -170,15 +171,13 @@ def _supervise(process: subprocess.Popen[bytes], config: Any) -> int:
             except httpx.TransportError:
                 ready = False
             if ready:
-                print(
-                    f"fraudctl serve: ready: http://{host}:{config.http_port}"
-                    f"/v2/models/{config.model_name}/infer, POST /feedback, gRPC {host}:{config.grpc_port}, "
-                    f"metrics http://{host}:{config.metrics_port}/metrics",
-                    file=sys.stderr,
+                log.info(
+                    f"fraudctl serve: ready: http://{host}:{config.http_port}/v2/models/{config.model_name}/infer, "
+                    f"POST /feedback, gRPC {host}:{config.grpc_port}, metrics http://{host}:{config.metrics_port}/metrics"
                 )
         time.sleep(0.5)
     if not ready:
-        print("fraudctl serve: the server exited before the model was ready (see its log above)", file=sys.stderr)
+        log.error("fraudctl serve: the server exited before the model was ready (see its log above)")
         return 1
     return process.returncode
 
@@ -192,7 +191,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         stack_serving = load_stack(args.stack).serving
     except ConfigError as error:
-        raise _usage_error("; ".join(error.problems)) from None
+        raise UsageError("; ".join(error.problems)) from None
     if args.max_batch_size is None:
         args.max_batch_size = stack_serving.max_batch_size
     if args.max_batch_time is None:
@@ -204,11 +203,11 @@ def _bench(args: argparse.Namespace) -> int:
             max_batch_time_seconds=args.max_batch_time,
         )
     except ServingConfigError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.requests < 1000:
-        raise _usage_error(f"--requests {args.requests}: use at least 1000 (a p99 needs them)")
+        raise UsageError(f"--requests {args.requests}: use at least 1000 (a p99 needs them)")
     if not 1.0 <= args.seconds <= 600:
-        raise _usage_error(f"--seconds {args.seconds}: use 1..600")
+        raise UsageError(f"--seconds {args.seconds}: use 1..600")
     if args.model_uri:
         _require_model_dir(args.model_uri, args.model_uri)
     try:
@@ -221,6 +220,6 @@ def _bench(args: argparse.Namespace) -> int:
             max_batch_time_seconds=args.max_batch_time,
         )
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     print(json.dumps(result, indent=2))
     return 0

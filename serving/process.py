@@ -13,6 +13,7 @@ one Service for feedback.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -44,6 +45,8 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Inherited variables that would silently change the server under test.
 _SCRUBBED_PREFIXES = ("MLSERVER_",)
 _SCRUBBED = {MODE_ENV, RATE_ENV, SIGNING_KEY_ENV, PREVIOUS_SIGNING_KEY_ENV, "PROMETHEUS_MULTIPROC_DIR"}
+
+log = logging.getLogger(__name__)
 
 
 class ServerStartError(RuntimeError):
@@ -201,15 +204,16 @@ class MLServerProcess:
         try:
             self._wait_ready()
         except ServerStartError as exc:
-            log = self.log_text()
+            text = self.log_text()
             self.stop()
-            cause = _last_error(log)
+            cause = _last_error(text)
             raise ServerStartError(
-                f"{self._describe()} {exc}{': ' + cause if cause else ''}; last log lines:\n{_tail(log)}"
+                f"{self._describe()} {exc}{': ' + cause if cause else ''}; last log lines:\n{_tail(text)}"
             ) from None
         except BaseException:
             self.stop()
             raise
+        log.debug("%s ready: pid %d, its log %s", self._describe(), self._process.pid, self.work_dir / "mlserver.log")
         return self
 
     def _describe(self) -> str:

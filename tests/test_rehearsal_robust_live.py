@@ -31,8 +31,10 @@ from infra.config import load_stack
 from model.scenario import build_scenario
 from model.synthetic import frame_sha256, generate_transactions
 from model.train import TrainParams
+from fraudctl.cli import setup_logging
 from rehearsal.run import RehearsalOptions, rehearse
 
+setup_logging()  # not fraudctl: this process sets up the logging its progress lines go through
 raw = generate_transactions(12_000, fraud_rate=0.03, seed=21)
 options = RehearsalOptions(
     interval_seconds=3.0,

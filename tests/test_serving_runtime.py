@@ -18,7 +18,7 @@ from mlserver.context import model_context
 from mlserver.errors import MLServerError
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse
-from serving_fixtures import SIGNING_KEY, infer_body, labelled_rows, run
+from serving_fixtures import SIGNING_KEY, expected, infer_body, labelled_rows, run
 from starlette.requests import Request
 
 from model.artifact import FraudModel
@@ -69,11 +69,6 @@ def metrics() -> Any:
     from prometheus_client import REGISTRY, generate_latest
 
     return parse_metrics(generate_latest(REGISTRY).decode())
-
-
-def expected(reference: FraudModel, frame: Any) -> tuple[np.ndarray, list[bool]]:
-    scores = np.asarray(reference.fraud_probability(frame))
-    return scores, (scores >= reference.threshold).tolist()
 
 
 def test_scores_match_the_model_and_prediction_ids_are_signed(

@@ -23,7 +23,17 @@ import numpy as np
 import pytest
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc
-from serving_fixtures import JSON, MODEL_NAME, SIGNING_KEY, infer_body, labelled_rows, outputs_of, post, scrape
+from serving_fixtures import (
+    JSON,
+    MODEL_NAME,
+    SIGNING_KEY,
+    expected,
+    infer_body,
+    labelled_rows,
+    outputs_of,
+    post,
+    scrape,
+)
 
 from model.artifact import FraudModel
 from serving.feedback import PredictionSigner
@@ -49,16 +59,11 @@ def server(serving_model_dir: Path) -> Iterator[MLServerProcess]:
         yield process
 
 
-def _expected(reference: FraudModel, frame: Any) -> tuple[np.ndarray, list[bool]]:
-    scores = np.asarray(reference.fraud_probability(frame))
-    return scores, (scores >= reference.threshold).tolist()
-
-
 def test_answers_match_the_model_and_the_served_version_is_listed_and_addressable(
     server: MLServerProcess, serving_reference: FraudModel
 ) -> None:
     frame, _ = labelled_rows(5, seed=1)
-    scores, flags = _expected(serving_reference, frame)
+    scores, flags = expected(serving_reference, frame)
     for path in (f"/v2/models/{MODEL_NAME}/infer", f"/v2/models/{MODEL_NAME}/versions/v1/infer"):
         response = post(server.http_url + path, infer_body(frame))
         assert response.status_code == 200, response.text
@@ -214,7 +219,7 @@ def test_grpc_answers_like_rest_and_counts_in_the_same_metrics(
     server: MLServerProcess, serving_reference: FraudModel
 ) -> None:
     frame, _ = labelled_rows(4, seed=45)
-    scores, flags = _expected(serving_reference, frame)
+    scores, flags = expected(serving_reference, frame)
     before = scrape(server)
     with grpc.insecure_channel(f"127.0.0.1:{server.config.grpc_port}") as channel:
         stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -260,7 +265,7 @@ def test_tritonclient_http_with_binary_data_and_grpc_work(
     server: MLServerProcess, serving_reference: FraudModel
 ) -> None:
     frame, _ = labelled_rows(3, seed=47)
-    scores, flags = _expected(serving_reference, frame)
+    scores, flags = expected(serving_reference, frame)
     rows = {name: frame[name].tolist() for name in FEATURE_NAMES}
     completed = subprocess.run(
         [

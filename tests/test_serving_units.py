@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -566,9 +568,36 @@ def test_serving_image_is_configured_like_the_measured_server() -> None:
     entrypoint = json.loads(next(rest for k, rest in instructions if k == "ENTRYPOINT"))
     assert entrypoint == ["python", "-m", "serving.server"]
     copied = {rest.split()[0] for k, rest in instructions if k == "COPY"}
-    assert copied == {"requirements-serving.lock", "model/", "serving/"}
+    assert copied == {"requirements-serving.lock", "model/", "serving/", "fraudctl/"}
     # The build context sends what any target copies, and nothing else.
     ignore = (ROOT / "Dockerfile.dockerignore").read_text().split()
     allowed = {entry.lstrip("!") for entry in ignore[ignore.index("*") + 1 :] if entry.startswith("!")}
     every_copy = {rest.split()[0] for stage in _dockerfile_stages().values() for k, rest in stage if k == "COPY"}
     assert every_copy <= allowed, every_copy - allowed
+
+
+def test_the_serving_image_holds_every_package_its_modules_import(tmp_path: Path) -> None:
+    """Every module of the packages the serving image copies imports with those packages alone: a fresh
+    interpreter sees only them (the project's other packages are blocked), as the image does."""
+    copied = sorted(
+        rest.split()[0].rstrip("/")
+        for k, rest in _dockerfile_stages()["serving"]
+        if k == "COPY" and rest.split()[0].endswith("/")
+    )
+    for package in copied:
+        (tmp_path / package).symlink_to(ROOT / package)
+    others = sorted({p.parent.name for p in ROOT.glob("*/__init__.py")} - set(copied))
+    modules = sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for package in copied
+        for path in (ROOT / package).glob("*.py")
+        if path.name != "__main__.py"
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for name in {others!r}: sys.modules[name] = None\n"
+        f"for module in {modules!r}: importlib.import_module(module)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert others and "serving.server" in modules and "serving.runtime" in modules

@@ -81,7 +81,7 @@ def test_threshold_search_refuses_an_unreachable_precision(holdout: ScoredHoldou
 
 def test_the_four_scenarios_end_as_the_rule_promises(holdout: ScoredHoldout) -> None:
     config = AnalysisSettings()
-    result = simulate(config, holdout, runs=RUNS, seed=3, fault_at=2, progress=lambda message: None)
+    result = simulate(config, holdout, runs=RUNS, seed=3, fault_at=2)
     rows = result["scenarios"]
     assert list(rows) == list(SCENARIOS)
     assert rows["healthy"]["promote_rate"] >= 0.99 - tolerance(0.99)
@@ -103,24 +103,24 @@ def test_the_four_scenarios_end_as_the_rule_promises(holdout: ScoredHoldout) -> 
 
 def test_a_fault_after_the_last_interval_is_refused(holdout: ScoredHoldout) -> None:
     with pytest.raises(SimulationError, match="interval 14 is past the analysis' last one"):
-        simulate(AnalysisSettings(), holdout, runs=10, fault_at=14, progress=lambda message: None)
+        simulate(AnalysisSettings(), holdout, runs=10, fault_at=14)
 
 
 def test_the_same_seed_gives_the_same_figures(holdout: ScoredHoldout) -> None:
     config = AnalysisSettings()
-    one = simulate(config, holdout, runs=200, seed=8, progress=lambda message: None)
-    other = simulate(config, holdout, runs=200, seed=8, progress=lambda message: None)
+    one = simulate(config, holdout, runs=200, seed=8)
+    other = simulate(config, holdout, runs=200, seed=8)
     assert one == other
 
 
 def test_operating_characteristic_rises_with_the_drop_and_is_charted(holdout: ScoredHoldout, tmp_path: Path) -> None:
     config = AnalysisSettings()
-    curve = operating_characteristic(config, holdout, runs=300, drops=(0.0, 0.05, 0.1, 0.2), progress=lambda m: None)
+    curve = operating_characteristic(config, holdout, runs=300, drops=(0.0, 0.05, 0.1, 0.2))
     drops = [p["precision_drop"] for p in curve]
     assert drops == sorted(drops)
     rollbacks = [p["rollback_rate"] for p in curve]
     assert rollbacks[0] <= 0.01 + tolerance(0.01, 300) and rollbacks[-1] >= 0.95 - tolerance(0.95, 300)
-    result = simulate(config, holdout, runs=100, progress=lambda message: None)
+    result = simulate(config, holdout, runs=100)
     chart = write_chart(tmp_path / "oc" / "chart.png", curve, result, config)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
     assert [p.name for p in chart.parent.iterdir()] == ["chart.png"]  # written atomically, no leftovers

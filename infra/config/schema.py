@@ -71,7 +71,7 @@ def pulumi_yaml(current: str) -> str:
 
 def write_pulumi_yaml(root: Path = PROJECT_ROOT) -> bool:
     """Rewrite Pulumi.yaml's generated part atomically; whether it changed."""
-    from model.atomic import write_text
+    from fraudctl.files import write_text
 
     path = root / "Pulumi.yaml"
     current = path.read_text()

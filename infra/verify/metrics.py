@@ -298,9 +298,9 @@ def _walk(node: Any, parsed: ParsedQuery) -> list[str]:
         metrics = _walk(node.expr, parsed)
         if node.param is not None:
             _walk(node.param, parsed)
-        modifier = node.modifier
-        if modifier is not None and "Without" not in str(modifier.type):
-            parsed.groupings.append((tuple(modifier.labels), tuple(metrics)))
+        grouping = node.modifier
+        if grouping is not None and "Without" not in str(grouping.type):
+            parsed.groupings.append((tuple(grouping.labels), tuple(metrics)))
         return metrics
     if isinstance(node, p.BinaryExpr):
         metrics = _walk(node.lhs, parsed) + _walk(node.rhs, parsed)
@@ -309,8 +309,8 @@ def _walk(node: Any, parsed: ParsedQuery) -> list[str]:
             matching = modifier.matching
             if matching is not None and "Ignoring" not in str(matching.type) and matching.labels:
                 parsed.groupings.append((tuple(matching.labels), tuple(metrics)))
-            if modifier.card is not None and getattr(modifier.card, "labels", None):
-                parsed.groupings.append((tuple(modifier.card.labels), tuple(metrics)))
+            if modifier.group_labels:  # group_left(...) / group_right(...)
+                parsed.groupings.append((tuple(modifier.group_labels), tuple(metrics)))
         return metrics
     if isinstance(node, p.Call):
         return [m for arg in node.args for m in _walk(arg, parsed)]

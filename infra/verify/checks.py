@@ -11,7 +11,7 @@ import json
 import re
 import textwrap
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,12 +184,20 @@ class _References:
         self.platform, self.result = platform, result
         self.hook_secrets = _secrets_created_by_hooks(platform)
 
-    def need(self, owner: Any, what: str, ok: bool) -> None:
+    def need(self, owner: PlatformObject, what: str, ok: bool) -> None:
         self.result.checked += 1
         if not ok:
             self.result.fail(f"{owner.ref}: {what}")
 
-    def obj(self, owner: Any, kind: str, namespace: str, name: str, key: str | None = None, optional: bool = False):
+    def obj(
+        self,
+        owner: PlatformObject,
+        kind: str,
+        namespace: str,
+        name: str,
+        key: str | None = None,
+        optional: bool = False,
+    ) -> None:
         if optional or _external(namespace):
             return
         found = self.platform.find(kind, namespace, name)
@@ -207,7 +215,9 @@ class _References:
         else:
             self.need(owner, "", True)
 
-    def pods(self, owner: Any, namespace: str, selector: Any, what: str) -> list[PodTemplate]:
+    def pods(
+        self, owner: PlatformObject, namespace: str, selector: Mapping[str, Any], what: str
+    ) -> list[PodTemplate]:
         if _external(namespace):
             return []
         pods = self.platform.pods_selected(namespace, selector)

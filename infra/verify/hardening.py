@@ -198,7 +198,8 @@ def pod_security_problems(
 def _injector_values(platform: Platform) -> dict[str, Any] | None:
     for item in platform.of_kind("ConfigMap"):
         if item.name.startswith("istio-sidecar-injector"):
-            return json.loads((item.obj.get("data") or {}).get("values") or "{}")
+            values: dict[str, Any] = json.loads((item.obj.get("data") or {}).get("values") or "{}")
+            return values
     return None
 
 

@@ -111,7 +111,7 @@ def chart_releases(component: str) -> list[ChartRelease]:
 
 
 # UIDs the charts' pods run as where their values allow one (fraudctl verify's hardening check wants every
-# container at 10000 or above and says why where a chart or image rules it out: infra/verify/hardening.py).
+# container at 10000 or above and says why where a chart or image rules it out: infra/verify/waivers.py).
 # 65534 (nobody) for images that are built to run as it; 10001 for static binaries that need no home.
 NOBODY = 65534
 CONTROLLER_UID = 10001

@@ -7,9 +7,11 @@ database password) is passed in as a Pulumi secret Output by the caller.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
+from infra import k8s
 from infra.chart_archives import CHARTS_DIR, archive_name
 from infra.config import ChartComponent
 
@@ -134,14 +136,9 @@ def pod_security(uid: int, *, fs_group: bool = True) -> dict[str, Any]:
 
 
 def container_security(uid: int | None = None) -> dict[str, Any]:
-    """A restricted container securityContext (Pod Security restricted: no escalation, no capabilities)."""
-    context: dict[str, Any] = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    """A restricted container securityContext (Pod Security restricted: no escalation, no capabilities), as our
+    own containers get it (k8s.RESTRICTED_SECURITY_CONTEXT)."""
+    context = copy.deepcopy(k8s.RESTRICTED_SECURITY_CONTEXT)
     if uid is not None:
         context |= {"runAsUser": uid, "runAsGroup": uid}
     return context

@@ -7,9 +7,10 @@ resource for its kind (or a CustomResource), always with the region's explicit p
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pulumi
+if TYPE_CHECKING:  # the SDK is loaded only to declare (chart values and object builders need none of it)
+    import pulumi
 
 # A Kubernetes object in wire format (apiVersion, kind, metadata, ...), as the builders return it; values may be
 # Pulumi Outputs (secrets, digests) until the engine resolves them.

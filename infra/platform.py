@@ -137,8 +137,9 @@ class ArgoCD(PlatformComponent):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class ArgoWorkflowsArgs(ChartArgs):
+@dataclass(frozen=True)
+class ArgoWorkflowsArgs:
+    platform: ChartArgs
     artifact_store: ArtifactStoreRef  # where workflows keep their artifacts (MLflow's store)
 
 
@@ -146,7 +147,7 @@ class ArgoWorkflows(PlatformComponent):
     component = "argoWorkflows"
 
     def __init__(self, name: str, args: ArgoWorkflowsArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("ArgoWorkflows", name, args, opts)
+        super().__init__("ArgoWorkflows", name, args.platform, opts)
         self.make_namespace()
         artifact_store = args.artifact_store
         depends: list[pulumi.Resource] = []
@@ -160,12 +161,12 @@ class ArgoWorkflows(PlatformComponent):
             )
         (spec,) = charts.chart_releases("argoWorkflows")
         values = charts.argo_workflows_values(
-            monitoring=args.monitoring,
+            monitoring=args.platform.monitoring,
             artifact_endpoint=artifact_store.endpoint_host,
             artifact_bucket=artifact_store.bucket,
             static_credentials=artifact_store.has_static_credentials,
         )
-        release = self.release(spec, args.chart, values, depends)
+        release = self.release(spec, args.platform.chart, values, depends)
         self.crds_ready = [release]
         self.finish(url=_service_url("argo-workflows-server", self.namespace_name, 2746))
 
@@ -183,8 +184,9 @@ class ArgoRollouts(PlatformComponent):
         self.finish(dashboard_url=_service_url("argo-rollouts-dashboard", self.namespace_name, 3100))
 
 
-@dataclass(frozen=True, kw_only=True)
-class FlaggerArgs(ChartArgs):
+@dataclass(frozen=True)
+class FlaggerArgs:
+    platform: ChartArgs
     loadtester: ChartComponent | None  # platform.flaggerLoadtester when enabled: the load tester's chart
 
 
@@ -192,10 +194,11 @@ class Flagger(PlatformComponent):
     component = "flagger"
 
     def __init__(self, name: str, args: FlaggerArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("Flagger", name, args, opts)
+        super().__init__("Flagger", name, args.platform, opts)
         self.make_namespace()
         (spec,) = charts.chart_releases("flagger")
-        release = self.release(spec, args.chart, charts.flagger_values(monitoring=args.monitoring), [])
+        values = charts.flagger_values(monitoring=args.platform.monitoring)
+        release = self.release(spec, args.platform.chart, values, [])
         self.crds_ready = [release]
         if args.loadtester is not None:
             (lt_spec,) = charts.chart_releases("flaggerLoadtester")
@@ -241,7 +244,8 @@ class Monitoring(PlatformComponent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HarborArgs(ChartArgs):
+class HarborArgs:
+    platform: ChartArgs
     registry: RegistrySettings
     registry_host: str | None  # the region's own Harbor host (regions[].registryHost), else registry.host
     registry_ca: RegistryCa | None  # registry.caCertFile, read: the CA that signs Harbor's certificate
@@ -256,7 +260,7 @@ class Harbor(PlatformComponent):
     def __init__(self, name: str, args: HarborArgs, opts: pulumi.ResourceOptions | None = None):
         from infra import registry
 
-        super().__init__("Harbor", name, args, opts)
+        super().__init__("Harbor", name, args.platform, opts)
         settings = args.registry
         host = args.registry_host or settings.host
         self.address = settings.address(args.registry_host)
@@ -283,11 +287,12 @@ class Harbor(PlatformComponent):
         values = charts.harbor_values(
             address=self.address,
             tls_secret=registry.TLS_SECRET,
-            small=args.small,
-            monitoring=args.monitoring,
+            small=args.platform.small,
+            monitoring=args.platform.monitoring,
             database_password=pulumi.Output.secret(db_password.result),
         )
-        self.release_resource = self.release(spec, args.chart, values, [admin_secret, key_secret, tls_secret])
+        secrets = [admin_secret, key_secret, tls_secret]
+        self.release_resource = self.release(spec, args.platform.chart, values, secrets)
         self.admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         api_host = f"{registry.ENDPOINT_SERVICE}.{registry.NAMESPACE}.svc"
         netrc = self.make_secret(

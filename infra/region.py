@@ -64,11 +64,7 @@ class RegionStack(pulumi.ComponentResource):
             harbor = platform.Harbor(
                 f"{name}-harbor",
                 platform.HarborArgs(
-                    provider=self.provider,
-                    depends_on=monitoring_deps,
-                    chart=tools.harbor,
-                    small=small,
-                    monitoring=monitored,
+                    platform=chart_args(tools.harbor, monitoring_deps),
                     registry=config.registry,
                     registry_host=region.registry_host,
                     registry_ca=config.registry_ca,
@@ -95,14 +91,7 @@ class RegionStack(pulumi.ComponentResource):
         if config.enabled("argoWorkflows") and mlflow is not None:
             argo_workflows = platform.ArgoWorkflows(
                 f"{name}-argo-workflows",
-                platform.ArgoWorkflowsArgs(
-                    provider=self.provider,
-                    depends_on=monitoring_deps,
-                    chart=tools.argo_workflows,
-                    small=small,
-                    monitoring=monitored,
-                    artifact_store=mlflow.artifact_store,
-                ),
+                platform.ArgoWorkflowsArgs(chart_args(tools.argo_workflows, monitoring_deps), mlflow.artifact_store),
                 child,
             )
             self.components["argoWorkflows"] = argo_workflows
@@ -115,11 +104,7 @@ class RegionStack(pulumi.ComponentResource):
             self.components["flagger"] = platform.Flagger(
                 f"{name}-flagger",
                 platform.FlaggerArgs(
-                    provider=self.provider,
-                    depends_on=(*monitoring_deps, *mesh),
-                    chart=tools.flagger,
-                    small=small,
-                    monitoring=monitored,
+                    chart_args(tools.flagger, (*monitoring_deps, *mesh)),
                     loadtester=tools.flagger_loadtester if config.enabled("flaggerLoadtester") else None,
                 ),
                 child,

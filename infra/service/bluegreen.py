@@ -4,6 +4,7 @@ smoke test, the decision service's verdict), before and after the switch."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from infra import charts, k8s, waves
 from infra.config import AnalysisSettings, Region
@@ -29,11 +30,15 @@ def argo_wave_template(upstream: Sequence[Region]) -> k8s.Manifest | None:
     metric = waves.argo_wave_metric(upstream)
     if metric is None:
         return None
+    return _analysis_template(ARGO_WAVE, {"metrics": [metric]})
+
+
+def _analysis_template(name: str, spec: dict[str, Any]) -> k8s.Manifest:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_WAVE, "namespace": NS, "labels": object_labels("analysis")},
-        "spec": {"metrics": [metric]},
+        "metadata": {"name": name, "namespace": NS, "labels": object_labels("analysis")},
+        "spec": spec,
     }
 
 
@@ -95,19 +100,11 @@ def argo_templates(settings: AnalysisSettings, model_name: str) -> list[k8s.Mani
         failureLimit=0,
         inconclusiveLimit=0,
     )
-    smoke_template = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_SMOKE, "namespace": NS, "labels": labels},
-        "spec": {"args": hashes, "metrics": [smoke]},
-    }
-    decision_template = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_DECISION, "namespace": NS, "labels": labels},
-        "spec": {"args": [*hashes, {"name": PHASE_ARG}], "metrics": [decision]},
-    }
-    return [checks, smoke_template, decision_template]
+    return [
+        checks,
+        _analysis_template(ARGO_SMOKE, {"args": hashes, "metrics": [smoke]}),
+        _analysis_template(ARGO_DECISION, {"args": [*hashes, {"name": PHASE_ARG}], "metrics": [decision]}),
+    ]
 
 
 def rollout(settings: AnalysisSettings, pod: k8s.Manifest, upstream: Sequence[Region] = ()) -> k8s.Manifest:

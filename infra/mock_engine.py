@@ -104,9 +104,9 @@ class RecordingMonitor(mocks.MockMonitor):
         self.recorded: list[RecordedResource] = []
         self.stack_outputs: dict[str, Any] = {}
 
-    def RegisterResource(self, request: resource_pb2.RegisterResourceRequest) -> Any:
+    def RegisterResource(self, request: resource_pb2.RegisterResourceRequest) -> resource_pb2.RegisterResourceResponse:
         # Named rather than super(): mypy's untyped_calls_exclude (pyproject.toml) goes by the callee's name.
-        response = mocks.MockMonitor.RegisterResource(self, request)
+        response: resource_pb2.RegisterResourceResponse = mocks.MockMonitor.RegisterResource(self, request)
         if request.type != "pulumi:pulumi:Stack":
             self.recorded.append(
                 RecordedResource(
@@ -122,7 +122,7 @@ class RecordingMonitor(mocks.MockMonitor):
             )
         return response
 
-    def RegisterResourceOutputs(self, request: resource_pb2.RegisterResourceOutputsRequest) -> Any:
+    def RegisterResourceOutputs(self, request: resource_pb2.RegisterResourceOutputsRequest) -> object:
         if request.urn.split("::")[-2] == "pulumi:pulumi:Stack":
             self.stack_outputs = rpc.deserialize_properties(request.outputs)
-        return mocks.MockMonitor.RegisterResourceOutputs(self, request)
+        return mocks.MockMonitor.RegisterResourceOutputs(self, request)  # protobuf's Empty

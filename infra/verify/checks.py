@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from infra.verify import hardening, metrics, queries, references
 from infra.verify.k8s_schema import SchemaRegistry
 from infra.verify.platform import Platform, PlatformObject, cluster_baseline
 from infra.verify.result import CheckResult, counts, format_table
+
+if TYPE_CHECKING:
+    from infra.render import RenderResult
 
 __all__ = ["CHECKS", "CheckResult", "check", "counts", "format_table", "platform_of", "run_checks"]
 # Registries that publish test builds, never releases.
@@ -44,7 +47,7 @@ def check(name: str, title: str) -> Callable[[Callable[[Platform, CheckResult], 
 # Building the platform of a region
 
 
-def platform_of(result: Any, region: str) -> Platform:
+def platform_of(result: RenderResult, region: str) -> Platform:
     """Region ``region`` of a RenderResult (infra/render.py) as a Platform."""
     objects = list(cluster_baseline())
     objects += [PlatformObject(obj, origin, source) for obj, origin, source in result.delivered_objects(region)]

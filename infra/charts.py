@@ -7,11 +7,13 @@ database password) is passed in as a Pulumi secret Output by the caller.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
+from infra import k8s
 from infra.chart_archives import CHARTS_DIR, archive_name
-from infra.config import Component
+from infra.config import ChartComponent
 
 # Namespaces of the platform, one per component.
 NAMESPACES = {
@@ -74,7 +76,7 @@ class ChartSource:
     repository: str | None
 
 
-def chart_source(spec: ChartRelease, component: Component) -> ChartSource:
+def chart_source(spec: ChartRelease, component: ChartComponent) -> ChartSource:
     """The vendored archive by default; the named chart at ``version`` when the stack sets a repository.
 
     A local archive is passed as a path relative to the project (``pulumi up`` runs there) and without
@@ -111,7 +113,7 @@ def chart_releases(component: str) -> list[ChartRelease]:
 
 
 # UIDs the charts' pods run as where their values allow one (fraudctl verify's hardening check wants every
-# container at 10000 or above and says why where a chart or image rules it out: infra/verify/hardening.py).
+# container at 10000 or above and says why where a chart or image rules it out: infra/verify/waivers.py).
 # 65534 (nobody) for images that are built to run as it; 10001 for static binaries that need no home.
 NOBODY = 65534
 CONTROLLER_UID = 10001
@@ -134,14 +136,9 @@ def pod_security(uid: int, *, fs_group: bool = True) -> dict[str, Any]:
 
 
 def container_security(uid: int | None = None) -> dict[str, Any]:
-    """A restricted container securityContext (Pod Security restricted: no escalation, no capabilities)."""
-    context: dict[str, Any] = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    """A restricted container securityContext (Pod Security restricted: no escalation, no capabilities), as our
+    own containers get it (k8s.RESTRICTED_SECURITY_CONTEXT)."""
+    context = copy.deepcopy(k8s.RESTRICTED_SECURITY_CONTEXT)
     if uid is not None:
         context |= {"runAsUser": uid, "runAsGroup": uid}
     return context

@@ -10,15 +10,18 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fraudctl.errors import UsageError
 from infra.config import ConfigError, check_stack, parse_set_overrides, read_stack_file
 
+if TYPE_CHECKING:
+    from infra.render import RenderResult
+
 log = logging.getLogger(__name__)
 
 
-def register(commands: Any, bench: Any) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], bench: object) -> None:
     render = commands.add_parser("render", help="render a stack offline (no pulumi CLI, no cluster)")
     render.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     render.add_argument(
@@ -66,7 +69,7 @@ def _invalid(where: str, error: ConfigError) -> str:
     return f"{where}: invalid configuration\n" + "\n".join(f"  {problem}" for problem in error.problems)
 
 
-def _run_stack(args: argparse.Namespace) -> Any:
+def _run_stack(args: argparse.Namespace) -> RenderResult:
     """The program's render for ``--stack``/``--set``; every config problem at once as a UsageError."""
     from infra.render import run_program
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 
 from infra import charts, k8s
-from infra.config import GitSettings, Region
+from infra.component import Component
+from infra.config import PROJECT, GitSettings, Region
 
 GITOPS_ROOT = "gitops"
 APP_PROJECT = "fraud-platform"
@@ -52,7 +52,7 @@ def service_provider(
     )
 
 
-def app_project(git: GitSettings) -> dict[str, Any]:
+def app_project(git: GitSettings) -> k8s.Manifest:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AppProject",
@@ -73,7 +73,7 @@ def app_project(git: GitSettings) -> dict[str, Any]:
     }
 
 
-def application(git: GitSettings, path: str, region: Region) -> dict[str, Any]:
+def application(git: GitSettings, path: str, region: Region) -> k8s.Manifest:
     """The Application syncing ``path`` of ``git.url`` at ``git.revision`` into ``region``'s cluster."""
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -104,7 +104,7 @@ def application(git: GitSettings, path: str, region: Region) -> dict[str, Any]:
     }
 
 
-def repository_secret(git: GitSettings, token: Any) -> dict[str, Any]:
+def repository_secret(git: GitSettings, token: pulumi.Input[str]) -> k8s.Manifest:
     """Argo CD's credentials for a private repository (declarative repository Secret)."""
     obj = k8s.secret(
         REPOSITORY_SECRET,
@@ -126,27 +126,20 @@ class GitOpsArgs:
     git_token_set: bool  # whether the secret gitToken is set: then Argo CD gets it as repository credentials
 
 
-class GitOpsDelivery(pulumi.ComponentResource):
+class GitOpsDelivery(Component):
     """AppProject + Application in one region's Argo CD (type ``fraud:gitops:GitOpsDelivery``)."""
 
     def __init__(self, name: str, args: GitOpsArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("fraud:gitops:GitOpsDelivery", name, None, opts)
-        self.crds_ready: list[pulumi.Resource] = []
-
-        def declare(suffix: str, obj: dict[str, Any], depends_on: list[Any]) -> Any:
-            opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=depends_on)
-            return k8s.declare(f"{name}-{suffix}", obj, opts)
-
+        super().__init__("fraud:gitops:GitOpsDelivery", name, opts, provider=args.provider)
         depends = list(args.argocd_ready)
         if args.git_token_set:
-            token = pulumi.Config("fraud-platform").require_secret("gitToken")
-            depends.append(declare("repository", repository_secret(args.git, token), list(args.argocd_ready)))
-        project = declare("appproject", app_project(args.git), depends)
-        declare("application", application(args.git, args.path, args.region), [project, *depends])
-        self.outputs = {
-            "application": f"{charts.NAMESPACES['argocd']}/{APPLICATION}",
-            "repo": args.git.url,
-            "revision": args.git.revision,
-            "path": args.path,
-        }
-        self.register_outputs(self.outputs)
+            token = pulumi.Config(PROJECT).require_secret("gitToken")
+            depends.append(self.declare("repository", repository_secret(args.git, token), args.argocd_ready))
+        project = self.declare("appproject", app_project(args.git), depends)
+        self.declare("application", application(args.git, args.path, args.region), [project, *depends])
+        self.finish(
+            application=f"{charts.NAMESPACES['argocd']}/{APPLICATION}",
+            repo=args.git.url,
+            revision=args.git.revision,
+            path=args.path,
+        )

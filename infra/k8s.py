@@ -6,10 +6,15 @@ resource for its kind (or a CustomResource), always with the region's explicit p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import pulumi
+if TYPE_CHECKING:  # the SDK is loaded only to declare (chart values and object builders need none of it)
+    import pulumi
+
+# A Kubernetes object in wire format (apiVersion, kind, metadata, ...), as the builders return it; values may be
+# Pulumi Outputs (secrets, digests) until the engine resolves them.
+Manifest = dict[str, Any]
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "fraud-platform"}
 RESTRICTED_SECURITY_CONTEXT: dict[str, Any] = {
@@ -25,7 +30,7 @@ def labels(name: str, component: str, **extra: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/component": component, **MANAGED_BY, **extra}
 
 
-def namespace(name: str, *, mesh: bool = False, pod_security: str | None = None) -> dict[str, Any]:
+def namespace(name: str, *, mesh: bool = False, pod_security: str | None = None) -> Manifest:
     """A namespace; ``pod_security`` enforces a Pod Security Admission level for namespaces whose
     workloads we write ourselves (charts' own pods are left to the chart)."""
     ns_labels = dict(MANAGED_BY)
@@ -102,7 +107,7 @@ def service(
     ports: Sequence[Mapping[str, Any]],
     *,
     obj_labels: Mapping[str, str],
-) -> dict[str, Any]:
+) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -119,7 +124,7 @@ def deployment(
     *,
     replicas: int = 1,
     pod_labels: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """A Deployment selecting its pods by ``app.kubernetes.io/name``; the pod spec gets restricted defaults
     (and no service-account token unless ``pod_spec`` asks for one)."""
     return {
@@ -138,7 +143,7 @@ def deployment(
     }
 
 
-def secret(name: str, ns: str, string_data: Mapping[str, Any], *, obj_labels: Mapping[str, str]) -> dict[str, Any]:
+def secret(name: str, ns: str, string_data: Mapping[str, Any], *, obj_labels: Mapping[str, str]) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -160,10 +165,16 @@ def tmp_volume() -> tuple[dict[str, Any], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _resource_class(api_version: str, kind: str) -> Any:
+def object_suffix(obj: Mapping[str, Any]) -> str:
+    """``<kind>-<name>``: how a component names the resource of one of its objects."""
+    return f"{str(obj['kind']).lower()}-{obj['metadata']['name']}"
+
+
+def _resource_class(api_version: str, kind: str) -> Callable[..., pulumi.CustomResource] | None:
+    """The typed pulumi-kubernetes class of a built-in kind (each takes the object's fields as keywords)."""
     import pulumi_kubernetes as k8s
 
-    table = {
+    table: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
         ("v1", "Namespace"): k8s.core.v1.Namespace,
         ("v1", "Service"): k8s.core.v1.Service,
         ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,

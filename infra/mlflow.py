@@ -12,6 +12,7 @@ from its file by the start command so the password is on no command line.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -60,10 +61,8 @@ def mc_config(access_key: str, secret_key: str) -> str:
     return json.dumps({"version": "10", "aliases": {MC_ALIAS: alias}})
 
 
-def s3_secret_data(access_key: Any, secret_key: Any) -> dict[str, Any]:
+def s3_secret_data(access_key: pulumi.Input[str], secret_key: pulumi.Input[str]) -> dict[str, pulumi.Output[str]]:
     """The MinIO credentials in each form a reader wants, all Pulumi secrets."""
-    import pulumi
-
     pair = pulumi.Output.all(access_key, secret_key)
     return {
         MINIO_ENV_KEY: pulumi.Output.secret(pair.apply(lambda keys: minio_env(*keys))),
@@ -79,7 +78,7 @@ def _volume_claim(size: str) -> dict[str, Any]:
     }
 
 
-def _stateful_set(name: str, replicas: int, pod: dict[str, Any], size: str) -> dict[str, Any]:
+def _stateful_set(name: str, replicas: int, pod: dict[str, Any], size: str) -> k8s.Manifest:
     obj_labels = k8s.labels(name, "mlflow")
     selector = {"app.kubernetes.io/name": name}
     return {
@@ -96,7 +95,7 @@ def _stateful_set(name: str, replicas: int, pod: dict[str, Any], size: str) -> d
     }
 
 
-def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
+def postgres_objects(settings: MlflowSettings) -> list[k8s.Manifest]:
     tmp_volume, tmp_mount = k8s.tmp_volume()
     run_volume = {"name": "run", "emptyDir": {}}
     secret_volume, secret_mount = k8s.secret_files("db", POSTGRES_SECRET, SECRETS_DIR, [POSTGRES_PASSWORD_KEY])
@@ -142,7 +141,7 @@ def postgres_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
     return [_stateful_set(POSTGRES, 1, pod, settings.storage_size), svc]
 
 
-def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
+def minio_objects(settings: MlflowSettings) -> list[k8s.Manifest]:
     tmp_volume, tmp_mount = k8s.tmp_volume()
     secret_volume, secret_mount = k8s.secret_files("s3", S3_SECRET, SECRETS_DIR, [MINIO_ENV_KEY])
     pod = {
@@ -216,7 +215,7 @@ def minio_objects(settings: MlflowSettings) -> list[dict[str, Any]]:
     return [_stateful_set(MINIO, 1, pod, settings.storage_size), svc, make_bucket]
 
 
-def tracking_objects(settings: MlflowSettings, image: Any) -> list[dict[str, Any]]:
+def tracking_objects(settings: MlflowSettings, image: pulumi.Input[str]) -> list[k8s.Manifest]:
     """The MLflow server, run from the project image (it carries mlflow, boto3 and psycopg2)."""
     tmp_volume, tmp_mount = k8s.tmp_volume()
     use_minio = settings.artifact_store == "minio"
@@ -287,15 +286,21 @@ def tracking_objects(settings: MlflowSettings, image: Any) -> list[dict[str, Any
     return [deployment, svc]
 
 
+@dataclass(frozen=True, kw_only=True)
+class MlflowArgs(PlatformArgs):
+    settings: MlflowSettings
+    image: pulumi.Input[str]  # the mlflow image (the project's, by digest when this program built it)
+
+
 class MlflowTracking(PlatformComponent):
     component = "mlflow"
 
-    def __init__(self, name: str, args: PlatformArgs, image: Any, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: MlflowArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("MlflowTracking", name, args, opts)
-        settings = self.config.mlflow
+        settings = args.settings
         self.make_namespace()
         pg_password = self.password("postgres-password")
-        password = pulumi.Output.secret(pg_password.result)
+        password: pulumi.Output[str] = pulumi.Output.secret(pg_password.result)
         pg_secret = self.make_secret(
             "postgres",
             POSTGRES_SECRET,
@@ -303,21 +308,19 @@ class MlflowTracking(PlatformComponent):
         )
         use_minio = settings.artifact_store == "minio"
         depends: list[pulumi.Resource] = [pg_secret]
+        access: pulumi.Output[str] | None = None
+        secret: pulumi.Output[str] | None = None
         if use_minio:
             access_key = self.password("minio-access-key", length=20)
             secret_key = self.password("minio-secret-key", length=40)
             access, secret = pulumi.Output.secret(access_key.result), pulumi.Output.secret(secret_key.result)
             s3_secret = self.make_secret("s3", S3_SECRET, s3_secret_data(access, secret))
             depends.append(s3_secret)
-            for obj in minio_objects(settings):
-                depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [s3_secret]))
-        else:
-            # An existing bucket is reached with the pod's cloud identity: no static keys to leak.
-            access = secret = None
-        for obj in postgres_objects(settings):
-            depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [pg_secret]))
-        for obj in tracking_objects(settings, image):
-            self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, depends)
+            depends += self.declare_each(minio_objects(settings), [s3_secret])
+        # else: an existing bucket is reached with the pod's cloud identity, no static keys to leak.
+        depends += self.declare_each(postgres_objects(settings), [pg_secret])
+        self.declare_each(tracking_objects(settings, args.image), depends)
+        self.tracking_url = TRACKING_URL
         self.artifact_store = ArtifactStoreRef(
             endpoint_url=MINIO_ENDPOINT if use_minio else settings.endpoint,
             bucket=settings.bucket,

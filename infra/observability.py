@@ -186,7 +186,9 @@ def prometheus_rule(
 # Grafana
 
 
-def _panel(ident: int, title: str, targets: list[tuple[str, str]], unit: str, x: int, y: int, **extra: Any) -> dict:
+def _panel(
+    ident: int, title: str, targets: list[tuple[str, str]], unit: str, x: int, y: int, **extra: Any
+) -> dict[str, Any]:
     return {
         "id": ident,
         "type": "timeseries",

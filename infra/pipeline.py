@@ -35,7 +35,7 @@ import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # infra.k8s is imported where used: it loads the Pulumi SDK, which fraudctl's run-time commands
 # (in the project image) do without.
@@ -44,6 +44,11 @@ from infra.config import GateSettings, GitSettings, PipelineSettings, Region
 
 # The runtime contract (template name, parameters, the Workflow that runs it) lives with its client in ops/.
 from ops.pipeline_contract import PARAMETERS, PROPOSE_MODES, TEMPLATE_NAME, baseline_and_candidates, submission
+
+if TYPE_CHECKING:
+    import pulumi
+
+    from infra import k8s
 
 __all__ = ["PARAMETERS", "TEMPLATE_NAME", "baseline_and_candidates", "submission"]
 NAMESPACE = charts.NAMESPACES["argoWorkflows"]
@@ -198,10 +203,8 @@ def workflow_template(
     from infra import k8s
 
     baseline, candidates = baseline_and_candidates()
-    train_resources = {
-        "cpu": (settings.TRAIN_CPU_REQUEST, settings.train_cpu_limit),
-        "memory": (settings.TRAIN_MEMORY_REQUEST, settings.train_memory_limit),
-    }
+    train_cpu = (settings.TRAIN_CPU_REQUEST, settings.train_cpu_limit)
+    train_memory = (settings.TRAIN_MEMORY_REQUEST, settings.train_memory_limit)
     fetch_args = ["pipeline", "fetch-data"]
     if region.data_bucket:
         fetch_args += ["--bucket", region.data_bucket, "--key", settings.data_key]
@@ -220,7 +223,8 @@ def workflow_template(
             "container": _step_container(
                 endpoints,
                 ["train", "--model-version", baseline, *_gate_flags(gate, costs_only=True)],
-                **train_resources,
+                cpu=train_cpu,
+                memory=train_memory,
             ),
         },
         {
@@ -228,7 +232,8 @@ def workflow_template(
             "container": _step_container(
                 endpoints,
                 ["train", "--model-version", _param("model-version"), *_gate_flags(gate, costs_only=True)],
-                **train_resources,
+                cpu=train_cpu,
+                memory=train_memory,
             ),
         },
         {
@@ -236,7 +241,8 @@ def workflow_template(
             "container": _step_container(
                 endpoints,
                 ["evaluate", "--json", "--out", REPORTS_DIR, *_gate_flags(gate, costs_only=False)],
-                **train_resources,
+                cpu=train_cpu,
+                memory=train_memory,
             ),
         },
         {
@@ -409,7 +415,7 @@ def _build_template(endpoints: PipelineEndpoints, settings: PipelineSettings, gi
     return template
 
 
-def buildkit_config(registry: str, ca_cert: Any) -> dict[str, Any]:
+def buildkit_config(registry: str, ca_cert: pulumi.Input[str]) -> k8s.Manifest:
     """The build step's ConfigMap: buildkitd.toml trusting the registry CA ``ca_cert`` (PEM, public)."""
     from infra import k8s
     from infra.registry import buildkitd_toml
@@ -467,7 +473,7 @@ def _propose_template(endpoints: PipelineEndpoints, stack: str, git: GitSettings
     return template
 
 
-def rbac_objects() -> list[dict[str, Any]]:
+def rbac_objects() -> list[k8s.Manifest]:
     """The workflow pods' identity: Argo's executor reports step results through WorkflowTaskResults."""
     from infra import k8s
 

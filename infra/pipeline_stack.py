@@ -8,12 +8,13 @@ Pulumi SDK, so those commands import nothing of it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import pulumi
 
 from infra import k8s
-from infra.config import Region, StackConfig
+from infra.component import Component
+from infra.config import PROJECT, GitSettings, PipelineSettings, Region, RegistrySettings, StackConfig
 from infra.mlflow import aws_credentials
 from infra.pipeline import (
     GIT_SECRET,
@@ -30,7 +31,7 @@ from infra.pipeline import (
     rbac_objects,
     workflow_template,
 )
-from infra.platform import PlatformArgs, PlatformComponent
+from infra.platform import ArtifactStoreRef, PlatformArgs, PlatformComponent
 from infra.waves import (
     GATE_URL,
     UPSTREAMS_SECRET,
@@ -39,6 +40,26 @@ from infra.waves import (
     upstream_kubeconfig,
 )
 from infra.waves import NAMESPACE as WAVES_NAMESPACE
+from model.gate import GateSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingPipelineArgs(PlatformArgs):
+    namespace: pulumi.Resource  # Argo Workflows' namespace: the template and its Secrets live there
+    region: Region
+    stack: str
+    registry: RegistrySettings
+    pipeline: PipelineSettings
+    gate: GateSettings
+    git: GitSettings
+    git_token_set: bool  # the secret gitToken is set: the proposal step gets it as a Secret
+    candidate_version: str  # model.candidateVersion: the version the template proposes by default
+    image: pulumi.Input[str]  # the tools image (fraudctl)
+    tracking_url: str
+    artifact_store: ArtifactStoreRef  # the training data's and models' S3 store, with its region
+    s3_region: str
+    harbor_password: pulumi.Output[str] | None  # Harbor's admin password, when this program runs Harbor
+    ca_cert: pulumi.Input[str] | None  # the registry CA BuildKit trusts, when this program runs Harbor
 
 
 class TrainingPipeline(PlatformComponent):
@@ -46,49 +67,24 @@ class TrainingPipeline(PlatformComponent):
 
     component = "argoWorkflows"
 
-    def __init__(
-        self,
-        name: str,
-        args: PlatformArgs,
-        *,
-        namespace: Any,
-        image: Any,
-        tracking_url: str,
-        artifact_store: Any,
-        harbor_password: Any | None,
-        ca_cert: Any | None,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, args: TrainingPipelineArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("TrainingPipeline", name, args, opts)
-        config, region = self.config, args.region
-        self.namespace = namespace
         from infra.registry import host_aliases
 
-        registry = config.registry.address(region.registry_host)
-        depends: list[Any] = []
-        for obj in rbac_objects():
-            depends.append(self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, [namespace]))
+        region, artifact_store = args.region, args.artifact_store
+        self.namespace = namespace = args.namespace
+        registry = args.registry.address(region.registry_host)
+        depends: list[pulumi.Resource] = [*self.declare_each(rbac_objects(), [namespace])]
         s3_secret = None
         if artifact_store.has_static_credentials:
             s3_secret = S3_SECRET
-            depends.append(
-                self.make_secret(
-                    "s3",
-                    S3_SECRET,
-                    {
-                        S3_CREDENTIALS_KEY: pulumi.Output.secret(
-                            pulumi.Output.all(artifact_store.access_key, artifact_store.secret_key).apply(
-                                lambda keys: aws_credentials(*keys)
-                            )
-                        )
-                    },
-                )
+            credentials = pulumi.Output.all(artifact_store.access_key, artifact_store.secret_key).apply(
+                lambda keys: aws_credentials(*keys)
             )
-        if harbor_password is not None:
-            docker_json = pulumi.Output.secret(
-                pulumi.Output.from_input(harbor_password).apply(
-                    lambda pw: docker_config_json(registry, "admin", pw)
-                )
+            depends.append(self.make_secret("s3", S3_SECRET, {S3_CREDENTIALS_KEY: pulumi.Output.secret(credentials)}))
+        if args.harbor_password is not None:
+            docker_json: pulumi.Output[str] = pulumi.Output.secret(
+                args.harbor_password.apply(lambda pw: docker_config_json(registry, "admin", pw))
             )
             harbor = k8s.secret(
                 HARBOR_SECRET,
@@ -98,33 +94,33 @@ class TrainingPipeline(PlatformComponent):
             )
             harbor["type"] = "kubernetes.io/dockerconfigjson"
             depends.append(self.declare("harbor", harbor, [namespace]))
-        if ca_cert is not None:
-            depends.append(self.declare("buildkit-config", buildkit_config(registry, ca_cert), [namespace]))
-        if config.git_token_set:
-            token = pulumi.Config("fraud-platform").require_secret("gitToken")
+        if args.ca_cert is not None:
+            depends.append(self.declare("buildkit-config", buildkit_config(registry, args.ca_cert), [namespace]))
+        if args.git_token_set:
+            token = pulumi.Config(PROJECT).require_secret("gitToken")
             depends.append(
                 self.make_secret(
                     "git", GIT_SECRET, {GIT_SECRET_USERNAME_KEY: "x-access-token", GIT_SECRET_TOKEN_KEY: token}
                 )
             )
         endpoints = PipelineEndpoints(
-            image=image,
-            tracking_url=tracking_url,
+            image=args.image,
+            tracking_url=args.tracking_url,
             registry=registry,
-            registry_project=config.registry.project,
-            registry_aliases=tuple(host_aliases(config.registry, region)),
+            registry_project=args.registry.project,
+            registry_aliases=tuple(host_aliases(args.registry, region)),
             s3_endpoint=artifact_store.endpoint_url,
-            s3_region=config.mlflow.region,
+            s3_region=args.s3_region,
             s3_secret=s3_secret,
         )
         template = workflow_template(
             region,
             endpoints,
-            stack=config.stack,
-            settings=config.pipeline,
-            gate=config.gate,
-            git=config.git,
-            candidate_version=config.model.candidate_version,
+            stack=args.stack,
+            settings=args.pipeline,
+            gate=args.gate,
+            git=args.git,
+            candidate_version=args.candidate_version,
         )
         self.template = self.declare("workflow-template", template, depends)
         self.finish(
@@ -136,50 +132,62 @@ class TrainingPipeline(PlatformComponent):
         )
 
 
-# Reader token Secrets of regions already built, per program run (keyed by the StackConfig object), so a
+@dataclass(frozen=True)
+class ReaderToken:
+    """A region's wave reader token Secret: what a later wave's kubeconfig is built from (and waits for)."""
+
+    secret: pulumi.Resource
+    data: pulumi.Output[Mapping[str, str] | None]  # the token and CA, base64, as the API server fills them in
+
+
+# The reader tokens of the regions declared so far, per program run (keyed by the StackConfig object), so a
 # later wave's region can build its kubeconfig. Regions are listed in wave order (infra/config/rules.py checks).
-_READERS: dict[int, tuple[StackConfig, dict[str, Any]]] = {}
+_READERS: dict[int, tuple[StackConfig, dict[str, ReaderToken]]] = {}
 
 
-def _readers(config: StackConfig) -> dict[str, Any]:
+def wave_readers(config: StackConfig) -> dict[str, ReaderToken]:
+    """The reader tokens of ``config``'s regions declared so far, by region name (one map per program run)."""
     entry = _READERS.get(id(config))
     if entry is None or entry[0] is not config:
         entry = _READERS[id(config)] = (config, {})
     return entry[1]
 
 
-class RolloutWaves(pulumi.ComponentResource):
+@dataclass(frozen=True, kw_only=True)
+class RolloutWavesArgs:
+    provider: pulumi.ProviderResource
+    region: Region
+    upstream: tuple[Region, ...]  # the previous wave's regions: this one waits for them
+    downstream: tuple[Region, ...]  # the regions of later waves that wait for this one
+    strategy: str
+    image: pulumi.Input[str]  # the tools image (fraudctl wave-gate)
+    readers: dict[str, ReaderToken]  # wave_readers(config): this region adds its own, reads its upstreams'
+
+
+class RolloutWaves(Component):
     """One region's part in the rollout waves: a reader for later waves, a gate for earlier ones."""
 
-    def __init__(
-        self,
-        name: str,
-        config: StackConfig,
-        region: Region,
-        provider: pulumi.ProviderResource,
-        image: Any,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("fraud:waves:RolloutWaves", name, None, opts)
-        self._name, self._provider = name, provider
-        self.outputs: dict[str, Any] = {"wave": region.wave}
-        self.crds_ready: list[pulumi.Resource] = []
-        namespace = self._declare("ns", k8s.namespace(WAVES_NAMESPACE, pod_security="restricted"), [])
-        later = [r for r in config.regions if region in config.upstream_regions(r)]
-        if later:
-            declared = [self._declare(self._suffix(obj), obj, [namespace]) for obj in reader_objects()]
-            _readers(config)[region.name] = declared[-1]
-            self.outputs["read_by"] = [r.name for r in later]
-        upstream = config.upstream_regions(region)
+    def __init__(self, name: str, args: RolloutWavesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("fraud:waves:RolloutWaves", name, opts, provider=args.provider)
+        import pulumi_kubernetes as kubernetes
+
+        region, upstream, readers = args.region, args.upstream, args.readers
+        self.outputs = {"wave": region.wave}
+        namespace = self.declare("ns", k8s.namespace(WAVES_NAMESPACE, pod_security="restricted"))
+        if args.downstream:
+            *_identity, token = self.declare_each(reader_objects(), [namespace])
+            if not isinstance(token, kubernetes.core.v1.Secret):
+                raise TypeError(f"the reader token is declared as a {type(token).__name__}, not a Secret")
+            readers[region.name] = ReaderToken(token, token.data)
+            self.outputs["read_by"] = [r.name for r in args.downstream]
         if upstream:
-            readers = _readers(config)
             data = [readers[r.name].data if r.name in readers else pulumi.Output.from_input(None) for r in upstream]
-            kubeconfig = pulumi.Output.secret(
+            kubeconfig: pulumi.Output[str] = pulumi.Output.secret(
                 pulumi.Output.all(*data).apply(
                     lambda values: upstream_kubeconfig(list(zip(upstream, values, strict=True)))
                 )
             )
-            secret = self._declare(
+            secret = self.declare(
                 "upstreams",
                 k8s.secret(
                     UPSTREAMS_SECRET,
@@ -187,17 +195,8 @@ class RolloutWaves(pulumi.ComponentResource):
                     {"config": kubeconfig},
                     obj_labels=k8s.labels(UPSTREAMS_SECRET, "rollout-waves"),
                 ),
-                [namespace, *(readers[r.name] for r in upstream if r.name in readers)],
+                [namespace, *(readers[r.name].secret for r in upstream if r.name in readers)],
             )
-            for obj in gate_objects(region, upstream, image, strategy=config.strategy):
-                self._declare(self._suffix(obj), obj, [namespace, secret])
+            self.declare_each(gate_objects(region, upstream, args.image, strategy=args.strategy), [namespace, secret])
             self.outputs.update({"gate_url": GATE_URL, "waits_for": [r.name for r in upstream]})
-        self.register_outputs(self.outputs)
-
-    @staticmethod
-    def _suffix(obj: Mapping[str, Any]) -> str:
-        return f"{obj['kind'].lower()}-{obj['metadata']['name']}"
-
-    def _declare(self, suffix: str, obj: dict[str, Any], depends_on: list[Any]) -> Any:
-        opts = pulumi.ResourceOptions(parent=self, provider=self._provider, depends_on=depends_on)
-        return k8s.declare(f"{self._name}-{suffix}", obj, opts)
+        self.finish(**self.outputs)

@@ -8,82 +8,73 @@ must depend on, so CRDs are installed before any object that uses them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 
 from infra import charts, k8s
-from infra.config import PROJECT, Region, StackConfig
+from infra.component import Component
+from infra.config import PROJECT, ChartComponent, RegistryCa, RegistrySettings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PlatformArgs:
-    config: StackConfig
-    region: Region
+    """Where a platform component goes: the region's cluster, after what it must wait for."""
+
     provider: pulumi.ProviderResource
-    depends_on: tuple[pulumi.Resource, ...] = field(default_factory=tuple)
+    depends_on: tuple[pulumi.Resource, ...] = ()
 
 
-class PlatformComponent(pulumi.ComponentResource):
-    """Shared mechanics: namespace, passwords, Secrets, Helm releases, all parented here."""
+@dataclass(frozen=True, kw_only=True)
+class ChartArgs(PlatformArgs):
+    """A component installed from a chart: its platform entry and how the environment sizes it."""
+
+    chart: ChartComponent  # platform.<component>: chart version and repository
+    small: bool  # a small footprint (dev): fewer replicas, smaller requests (charts.small_footprint)
+    monitoring: bool  # the Prometheus Operator runs: the chart creates its ServiceMonitors
+
+
+class PlatformComponent(Component):
+    """Shared mechanics of the platform tools: a namespace per tool, Secrets there, Helm releases."""
 
     component: str = ""
 
     def __init__(self, type_name: str, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None):
-        super().__init__(f"fraud:platform:{type_name}", name, None, opts)
-        self._name = name
-        self._args = args
-        self.namespace_name = charts.NAMESPACES.get(self.component, "")
-        self.crds_ready: list[pulumi.Resource] = []
-        self.outputs: dict[str, Any] = {}
-
-    @property
-    def config(self) -> StackConfig:
-        return self._args.config
-
-    @property
-    def small(self) -> bool:
-        return charts.small_footprint(self.config.environment)
-
-    @property
-    def monitoring(self) -> bool:
-        return self.config.enabled("monitoring")
-
-    def child_opts(self, depends_on: list[pulumi.Resource] | None = None) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(
-            parent=self, provider=self._args.provider, depends_on=[*self._args.depends_on, *(depends_on or [])]
+        super().__init__(
+            f"fraud:platform:{type_name}", name, opts, provider=args.provider, depends_on=args.depends_on
         )
+        self.namespace_name = charts.NAMESPACES.get(self.component, "")
 
-    def declare(self, suffix: str, obj: dict[str, Any], depends_on: list[pulumi.Resource] | None = None) -> Any:
-        return k8s.declare(f"{self._name}-{suffix}", obj, self.child_opts(depends_on))
-
-    def make_namespace(self, *, mesh: bool = False) -> Any:
+    def make_namespace(self, *, mesh: bool = False) -> pulumi.Resource:
         """The component's namespace, enforcing its Pod Security level (charts.POD_SECURITY)."""
         level = charts.POD_SECURITY.get(self.component)
-        self.namespace = self.declare("ns", k8s.namespace(self.namespace_name, mesh=mesh, pod_security=level))
+        self.namespace: pulumi.Resource = self.declare(
+            "ns", k8s.namespace(self.namespace_name, mesh=mesh, pod_security=level)
+        )
         return self.namespace
 
-    def password(self, suffix: str, length: int = 24) -> Any:
-        import pulumi_random as random
-
-        return random.RandomPassword(
-            f"{self._name}-{suffix}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self)
-        )
-
-    def make_secret(self, suffix: str, secret_name: str, string_data: dict[str, Any]) -> Any:
+    def make_secret(self, suffix: str, secret_name: str, string_data: Mapping[str, Any]) -> pulumi.Resource:
         obj = k8s.secret(
             secret_name, self.namespace_name, string_data, obj_labels=k8s.labels(secret_name, self.component)
         )
         return self.declare(suffix, obj, [self.namespace])
 
-    def release(self, spec: charts.ChartRelease, values: dict[str, Any], depends_on: list[pulumi.Resource]) -> Any:
+    def release(
+        self,
+        spec: charts.ChartRelease,
+        chart: ChartComponent,
+        values: Mapping[str, Any],
+        depends_on: Iterable[pulumi.Resource],
+    ) -> pulumi.Resource:
+        """The Helm release ``spec`` of ``chart`` (its platform entry) with ``values``, in the namespace."""
         import pulumi_kubernetes as kubernetes
 
-        source = charts.chart_source(spec, self.config.components[spec.component])
+        source = charts.chart_source(spec, chart)
         repository = kubernetes.helm.v3.RepositoryOptsArgs(repo=source.repository) if source.repository else None
         return kubernetes.helm.v3.Release(
-            f"{self._name}-{spec.name}",
+            self.child_name(spec.name),
             name=spec.name,
             chart=source.chart,
             version=source.version,
@@ -97,10 +88,6 @@ class PlatformComponent(pulumi.ComponentResource):
             opts=self.child_opts([self.namespace, *depends_on]),
         )
 
-    def finish(self, **outputs: Any) -> None:
-        self.outputs = outputs
-        self.register_outputs(outputs)
-
 
 def _service_url(service: str, ns: str, port: int) -> str:
     return f"http://{service}.{ns}.svc.cluster.local:{port}"
@@ -109,13 +96,13 @@ def _service_url(service: str, ns: str, port: int) -> str:
 class IstioMesh(PlatformComponent):
     component = "istio"
 
-    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: ChartArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("IstioMesh", name, args, opts)
         self.make_namespace()
         base_spec, istiod_spec = charts.chart_releases("istio")
-        base = self.release(base_spec, charts.istio_base_values(), [])
-        istiod_values = charts.istiod_values(small=self.small, version=self.config.platform.istio.version)
-        istiod = self.release(istiod_spec, istiod_values, [base])
+        base = self.release(base_spec, args.chart, charts.istio_base_values(), [])
+        istiod_values = charts.istiod_values(small=args.small, version=args.chart.version)
+        istiod = self.release(istiod_spec, args.chart, istiod_values, [base])
         self.crds_ready = [base, istiod]
         self.finish(namespace=self.namespace_name)
 
@@ -123,7 +110,7 @@ class IstioMesh(PlatformComponent):
 class ArgoCD(PlatformComponent):
     component = "argocd"
 
-    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: ChartArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("ArgoCD", name, args, opts)
         self.make_namespace()
         admin = self.password("admin-password")
@@ -140,9 +127,9 @@ class ArgoCD(PlatformComponent):
             },
         )
         (spec,) = charts.chart_releases("argocd")
-        release = self.release(spec, charts.argocd_values(), [secret])
+        release = self.release(spec, args.chart, charts.argocd_values(), [secret])
         self.crds_ready = [release]
-        self.admin_password = pulumi.Output.secret(admin.result)
+        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         self.finish(
             url=_service_url("argo-cd-argocd-server", self.namespace_name, 80),
             admin_secret=f"{self.namespace_name}/{charts.ARGOCD_SECRET}",
@@ -150,18 +137,19 @@ class ArgoCD(PlatformComponent):
         )
 
 
+@dataclass(frozen=True)
+class ArgoWorkflowsArgs:
+    platform: ChartArgs
+    artifact_store: ArtifactStoreRef  # where workflows keep their artifacts (MLflow's store)
+
+
 class ArgoWorkflows(PlatformComponent):
     component = "argoWorkflows"
 
-    def __init__(
-        self,
-        name: str,
-        args: PlatformArgs,
-        artifact_store: ArtifactStoreRef,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("ArgoWorkflows", name, args, opts)
+    def __init__(self, name: str, args: ArgoWorkflowsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("ArgoWorkflows", name, args.platform, opts)
         self.make_namespace()
+        artifact_store = args.artifact_store
         depends: list[pulumi.Resource] = []
         if artifact_store.has_static_credentials:
             depends.append(
@@ -173,12 +161,12 @@ class ArgoWorkflows(PlatformComponent):
             )
         (spec,) = charts.chart_releases("argoWorkflows")
         values = charts.argo_workflows_values(
-            monitoring=self.monitoring,
+            monitoring=args.platform.monitoring,
             artifact_endpoint=artifact_store.endpoint_host,
             artifact_bucket=artifact_store.bucket,
             static_credentials=artifact_store.has_static_credentials,
         )
-        release = self.release(spec, values, depends)
+        release = self.release(spec, args.platform.chart, values, depends)
         self.crds_ready = [release]
         self.finish(url=_service_url("argo-workflows-server", self.namespace_name, 2746))
 
@@ -186,25 +174,33 @@ class ArgoWorkflows(PlatformComponent):
 class ArgoRollouts(PlatformComponent):
     component = "argoRollouts"
 
-    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: ChartArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("ArgoRollouts", name, args, opts)
         self.make_namespace()
         (spec,) = charts.chart_releases("argoRollouts")
-        release = self.release(spec, charts.argo_rollouts_values(small=self.small, monitoring=self.monitoring), [])
+        values = charts.argo_rollouts_values(small=args.small, monitoring=args.monitoring)
+        release = self.release(spec, args.chart, values, [])
         self.crds_ready = [release]
         self.finish(dashboard_url=_service_url("argo-rollouts-dashboard", self.namespace_name, 3100))
+
+
+@dataclass(frozen=True)
+class FlaggerArgs:
+    platform: ChartArgs
+    loadtester: ChartComponent | None  # platform.flaggerLoadtester when enabled: the load tester's chart
 
 
 class Flagger(PlatformComponent):
     component = "flagger"
 
-    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("Flagger", name, args, opts)
+    def __init__(self, name: str, args: FlaggerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("Flagger", name, args.platform, opts)
         self.make_namespace()
         (spec,) = charts.chart_releases("flagger")
-        release = self.release(spec, charts.flagger_values(monitoring=self.monitoring), [])
+        values = charts.flagger_values(monitoring=args.platform.monitoring)
+        release = self.release(spec, args.platform.chart, values, [])
         self.crds_ready = [release]
-        if self.config.enabled("flaggerLoadtester"):
+        if args.loadtester is not None:
             (lt_spec,) = charts.chart_releases("flaggerLoadtester")
             account = self.declare(
                 "loadtester-sa",
@@ -220,14 +216,15 @@ class Flagger(PlatformComponent):
                 },
                 [self.namespace],
             )
-            self.crds_ready.append(self.release(lt_spec, charts.flagger_loadtester_values(), [release, account]))
+            loadtester = self.release(lt_spec, args.loadtester, charts.flagger_loadtester_values(), [release, account])
+            self.crds_ready.append(loadtester)
         self.finish(loadtester_url=charts.LOADTESTER_URL, metrics_server=charts.PROMETHEUS_URL)
 
 
 class Monitoring(PlatformComponent):
     component = "monitoring"
 
-    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: ChartArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("Monitoring", name, args, opts)
         self.make_namespace()
         admin = self.password("grafana-admin-password")
@@ -235,9 +232,9 @@ class Monitoring(PlatformComponent):
             "grafana-admin", charts.GRAFANA_ADMIN_SECRET, {"admin-user": "admin", "admin-password": admin.result}
         )
         (spec,) = charts.chart_releases("monitoring")
-        release = self.release(spec, charts.monitoring_values(small=self.small), [secret])
+        release = self.release(spec, args.chart, charts.monitoring_values(small=args.small), [secret])
         self.crds_ready = [release]
-        self.grafana_admin_password = pulumi.Output.secret(admin.result)
+        self.grafana_admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         self.finish(
             prometheus_url=charts.PROMETHEUS_URL,
             grafana_url=_service_url("kube-prometheus-stack-grafana", self.namespace_name, 80),
@@ -246,32 +243,39 @@ class Monitoring(PlatformComponent):
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class HarborArgs:
+    platform: ChartArgs
+    registry: RegistrySettings
+    registry_host: str | None  # the region's own Harbor host (regions[].registryHost), else registry.host
+    registry_ca: RegistryCa | None  # registry.caCertFile, read: the CA that signs Harbor's certificate
+
+
 class Harbor(PlatformComponent):
     """Harbor, reached as ``<host>:<port>`` through Service harbor-endpoint, with a certificate from the
     registry CA (infra/registry.py), and the project the images are pushed to."""
 
     component = "harbor"
 
-    def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: HarborArgs, opts: pulumi.ResourceOptions | None = None):
         from infra import registry
 
-        super().__init__("Harbor", name, args, opts)
-        settings = self.config.registry
-        host = args.region.registry_host or settings.host
-        self.address = settings.address(args.region.registry_host)
+        super().__init__("Harbor", name, args.platform, opts)
+        settings = args.registry
+        host = args.registry_host or settings.host
+        self.address = settings.address(args.registry_host)
         self.make_namespace()
         admin = self.password("admin-password")
         secret_key = self.password("secret-key", length=16)  # Harbor requires exactly 16 characters
         db_password = self.password("database-password")
         admin_secret = self.make_secret("admin", charts.HARBOR_ADMIN_SECRET, {"HARBOR_ADMIN_PASSWORD": admin.result})
         key_secret = self.make_secret("secret-key", charts.HARBOR_SECRET_KEY_SECRET, {"secretKey": secret_key.result})
-        given_ca = self.config.registry_ca
+        given_ca = args.registry_ca
         certificate = registry.issue_certificate(
             name,
             host=host,
             cluster_ip=settings.cluster_ip,
-            ca_pem=given_ca.pem if given_ca else None,
-            ca_key=pulumi.Config(PROJECT).require_secret("registryCaKey") if given_ca else None,
+            ca=(given_ca.pem, pulumi.Config(PROJECT).require_secret("registryCaKey")) if given_ca else None,
             parent=self,
         )
         self.ca_pem = certificate.ca_pem
@@ -283,26 +287,23 @@ class Harbor(PlatformComponent):
         values = charts.harbor_values(
             address=self.address,
             tls_secret=registry.TLS_SECRET,
-            small=self.small,
-            monitoring=self.monitoring,
+            small=args.platform.small,
+            monitoring=args.platform.monitoring,
             database_password=pulumi.Output.secret(db_password.result),
         )
-        self.release_resource = self.release(spec, values, [admin_secret, key_secret, tls_secret])
+        secrets = [admin_secret, key_secret, tls_secret]
+        self.release_resource = self.release(spec, args.platform.chart, values, secrets)
+        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         api_host = f"{registry.ENDPOINT_SERVICE}.{registry.NAMESPACE}.svc"
         netrc = self.make_secret(
             "project-netrc",
             registry.PROJECT_JOB_SECRET,
-            {"netrc": pulumi.Output.secret(admin.result).apply(lambda pw: registry.netrc(api_host, pw))},
+            {"netrc": self.admin_password.apply(lambda pw: registry.netrc(api_host, pw))},
         )
-        project_ready = [self.release_resource, endpoint, netrc]
-        jobs = [
-            self.declare(f"{obj['kind'].lower()}-{obj['metadata']['name']}", obj, project_ready)
-            for obj in registry.project_job(settings)
-        ]
+        jobs = self.declare_each(registry.project_job(settings), [self.release_resource, endpoint, netrc])
         self.crds_ready = [self.release_resource]
         # What a push waits for: Harbor up, reachable by its name, the project there.
         self.ready: list[pulumi.Resource] = [self.release_resource, endpoint, *jobs]
-        self.admin_password = pulumi.Output.secret(admin.result)
         self.finish(
             url=f"https://{self.address}",
             registry=self.address,
@@ -318,8 +319,9 @@ class ArtifactStoreRef:
 
     endpoint_url: str
     bucket: str
-    access_key: Any
-    secret_key: Any
+    # Static keys (the in-cluster MinIO's), or None: an existing bucket is reached with the pods' cloud identity.
+    access_key: pulumi.Output[str] | None
+    secret_key: pulumi.Output[str] | None
 
     @property
     def has_static_credentials(self) -> bool:

@@ -1,4 +1,8 @@
-"""One region: its own cluster provider, the full platform, the project images, and the fraud service."""
+"""One region: its own cluster provider, the full platform, the project images, and the fraud service.
+
+``RegionStack`` is the one component that reads the whole stack config: it hands each component only the
+part of it that component uses.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from typing import Any
 
 import pulumi
 
-from infra import gitops, platform, registry
-from infra.config import Region, RegistrySettings, StackConfig
-from infra.mlflow import MlflowTracking
+from infra import charts, gitops, platform, registry
+from infra.component import RegionComponent
+from infra.config import ChartComponent, Region, RegistrySettings, StackConfig
+from infra.mlflow import MlflowArgs, MlflowTracking
 from infra.registry import ProjectImages
 
 
@@ -34,45 +39,80 @@ class RegionStack(pulumi.ComponentResource):
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        base = platform.PlatformArgs(config=config, region=region, provider=self.provider)
         child = pulumi.ResourceOptions(parent=self)
-        self.components: dict[str, platform.PlatformComponent] = {}
+        self.components: dict[str, RegionComponent] = {}
+        small, monitored = charts.small_footprint(config.environment), config.enabled("monitoring")
 
-        def add(key: str, component: platform.PlatformComponent) -> platform.PlatformComponent:
-            self.components[key] = component
-            return component
+        def chart_args(chart: ChartComponent, depends_on: tuple[pulumi.Resource, ...]) -> platform.ChartArgs:
+            return platform.ChartArgs(
+                provider=self.provider, depends_on=depends_on, chart=chart, small=small, monitoring=monitored
+            )
 
+        tools = config.platform
         monitoring_deps: tuple[pulumi.Resource, ...] = ()
         if config.enabled("monitoring"):
             # Other charts create ServiceMonitors, so the Prometheus Operator CRDs come first.
-            monitoring = add("monitoring", platform.Monitoring(f"{name}-monitoring", base, child))
+            monitoring = platform.Monitoring(f"{name}-monitoring", chart_args(tools.monitoring, ()), child)
+            self.components["monitoring"] = monitoring
             monitoring_deps = tuple(monitoring.crds_ready)
-        after_monitoring = platform.PlatformArgs(config, region, self.provider, monitoring_deps)
         if config.enabled("istio"):
-            add("istio", platform.IstioMesh(f"{name}-istio", after_monitoring, child))
+            self.components["istio"] = platform.IstioMesh(
+                f"{name}-istio", chart_args(tools.istio, monitoring_deps), child
+            )
+        harbor: platform.Harbor | None = None
         if config.enabled("harbor"):
-            harbor = add("harbor", platform.Harbor(f"{name}-harbor", after_monitoring, child))
+            harbor = platform.Harbor(
+                f"{name}-harbor",
+                platform.HarborArgs(
+                    platform=chart_args(tools.harbor, monitoring_deps),
+                    registry=config.registry,
+                    registry_host=region.registry_host,
+                    registry_ca=config.registry_ca,
+                ),
+                child,
+            )
+            self.components["harbor"] = harbor
             images = self._project_images(name, config.registry, region, config.serving.image_tag, harbor)
         else:
             # Built and pushed elsewhere (registry.host names that registry), referenced by tag.
             images = ProjectImages.tagged(config.registry, region, config.serving.image_tag)
         self.images = images
-        mlflow = None
+        mlflow: MlflowTracking | None = None
         if config.enabled("mlflow"):
-            mlflow = add("mlflow", MlflowTracking(f"{name}-mlflow", after_monitoring, images.mlflow, child))
-        if config.enabled("argoWorkflows") and mlflow is not None:
-            add(
-                "argoWorkflows",
-                platform.ArgoWorkflows(f"{name}-argo-workflows", after_monitoring, mlflow.artifact_store, child),
+            mlflow = MlflowTracking(
+                f"{name}-mlflow",
+                MlflowArgs(
+                    provider=self.provider, depends_on=monitoring_deps, settings=config.mlflow, image=images.mlflow
+                ),
+                child,
             )
+            self.components["mlflow"] = mlflow
+        argo_workflows: platform.ArgoWorkflows | None = None
+        if config.enabled("argoWorkflows") and mlflow is not None:
+            argo_workflows = platform.ArgoWorkflows(
+                f"{name}-argo-workflows",
+                platform.ArgoWorkflowsArgs(chart_args(tools.argo_workflows, monitoring_deps), mlflow.artifact_store),
+                child,
+            )
+            self.components["argoWorkflows"] = argo_workflows
         if config.enabled("argoRollouts"):
-            add("argoRollouts", platform.ArgoRollouts(f"{name}-argo-rollouts", after_monitoring, child))
+            self.components["argoRollouts"] = platform.ArgoRollouts(
+                f"{name}-argo-rollouts", chart_args(tools.argo_rollouts, monitoring_deps), child
+            )
         if config.enabled("flagger"):
-            mesh = tuple(self.components["istio"].crds_ready) if "istio" in self.components else ()
-            flagger_args = platform.PlatformArgs(config, region, self.provider, monitoring_deps + mesh)
-            add("flagger", platform.Flagger(f"{name}-flagger", flagger_args, child))
+            mesh = self.crds_ready("istio")
+            self.components["flagger"] = platform.Flagger(
+                f"{name}-flagger",
+                platform.FlaggerArgs(
+                    chart_args(tools.flagger, (*monitoring_deps, *mesh)),
+                    loadtester=tools.flagger_loadtester if config.enabled("flaggerLoadtester") else None,
+                ),
+                child,
+            )
         if config.enabled("argocd"):
-            add("argocd", platform.ArgoCD(f"{name}-argocd", after_monitoring, child))
+            self.components["argocd"] = platform.ArgoCD(
+                f"{name}-argocd", chart_args(tools.argocd, monitoring_deps), child
+            )
 
         # The provider the fraud service is declared with: the cluster's own, or (delivery argocd) one
         # that renders manifests to a folder for Argo CD to sync.
@@ -80,13 +120,13 @@ class RegionStack(pulumi.ComponentResource):
             name, config.delivery, gitops.gitops_path(config.stack, region.name), self.provider, parent=self
         )
         # --- fraud service (issue 5) ---
-        from infra.service.component import FraudModelService, FraudModelServiceArgs
+        from infra.service.component import FraudModelService, FraudModelServiceArgs, ServiceSpec
 
         self.fraud_service = FraudModelService(
             f"{name}-fraud",
             FraudModelServiceArgs(
-                config=config,
-                region=region,
+                spec=ServiceSpec.of(config, region),
+                enabled=config.serving.enabled,
                 provider=self.service_provider,
                 cluster_provider=self.provider,
                 image=images.serving,
@@ -96,26 +136,36 @@ class RegionStack(pulumi.ComponentResource):
             child,
         )
         if config.serving.enabled:
-            self.components["fraud"] = self.fraud_service  # type: ignore[assignment]  # same outputs/crds_ready
+            self.components["fraud"] = self.fraud_service
         # --- pipeline and GitOps (issue 6) ---
         from infra import pipeline_stack
 
-        argo = self.components.get("argoWorkflows")
-        if argo is not None and mlflow is not None and config.pipeline.enabled:
-            harbor_component = self.components.get("harbor")
+        if argo_workflows is not None and mlflow is not None and config.pipeline.enabled:
             self.components["pipeline"] = pipeline_stack.TrainingPipeline(
                 f"{name}-pipeline",
-                platform.PlatformArgs(config, region, self.provider, tuple(argo.crds_ready)),
-                namespace=argo.namespace,
-                image=images.tools,
-                ca_cert=getattr(harbor_component, "ca_pem", None),
-                tracking_url=mlflow.outputs["tracking_url"],
-                artifact_store=mlflow.artifact_store,
-                harbor_password=getattr(harbor_component, "admin_password", None),
-                opts=child,
+                pipeline_stack.TrainingPipelineArgs(
+                    provider=self.provider,
+                    depends_on=tuple(argo_workflows.crds_ready),
+                    namespace=argo_workflows.namespace,
+                    region=region,
+                    stack=config.stack,
+                    registry=config.registry,
+                    pipeline=config.pipeline,
+                    gate=config.gate,
+                    git=config.git,
+                    git_token_set=config.git_token_set,
+                    candidate_version=config.model.candidate_version,
+                    image=images.tools,
+                    tracking_url=mlflow.tracking_url,
+                    artifact_store=mlflow.artifact_store,
+                    s3_region=config.mlflow.region,
+                    harbor_password=harbor.admin_password if harbor is not None else None,
+                    ca_cert=harbor.ca_pem if harbor is not None else None,
+                ),
+                child,
             )
         if config.delivery == "argocd" and "argocd" in self.components:
-            self.components["gitops"] = gitops.GitOpsDelivery(  # type: ignore[assignment]  # outputs/crds_ready shape
+            self.components["gitops"] = gitops.GitOpsDelivery(
                 f"{name}-gitops",
                 gitops.GitOpsArgs(
                     git=config.git,
@@ -128,8 +178,18 @@ class RegionStack(pulumi.ComponentResource):
                 child,
             )
         if len(config.waves()) > 1:
-            self.components["waves"] = pipeline_stack.RolloutWaves(  # type: ignore[assignment]
-                f"{name}-waves", config, region, self.provider, images.tools, child
+            self.components["waves"] = pipeline_stack.RolloutWaves(
+                f"{name}-waves",
+                pipeline_stack.RolloutWavesArgs(
+                    provider=self.provider,
+                    region=region,
+                    upstream=config.upstream_regions(region),
+                    downstream=tuple(r for r in config.regions if region in config.upstream_regions(r)),
+                    strategy=config.strategy,
+                    image=images.tools,
+                    readers=pipeline_stack.wave_readers(config),
+                ),
+                child,
             )
 
         # Public outputs (URLs, Secret names) apart from passwords, so one secret does not make the

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pulumi
+
 from infra import charts, k8s
 from infra.config import Region, RegistrySettings
 
@@ -63,9 +65,9 @@ def image_repository(registry: RegistrySettings, region: Region, role: str) -> s
 class ProjectImages:
     """The project's images by role: pushed references by digest (or tags when Harbor is not built here)."""
 
-    serving: Any
-    tools: Any
-    mlflow: Any
+    serving: pulumi.Input[str]
+    tools: pulumi.Input[str]
+    mlflow: pulumi.Input[str]
 
     @classmethod
     def tagged(cls, registry: RegistrySettings, region: Region, tag: str) -> ProjectImages:
@@ -82,7 +84,7 @@ def dns_names(host: str) -> list[str]:
     return [host, *services, *(f"{name}.cluster.local" for name in services)]
 
 
-def endpoint_service(registry: RegistrySettings) -> dict[str, Any]:
+def endpoint_service(registry: RegistrySettings) -> k8s.Manifest:
     """Service harbor-endpoint: the registry's port on a static ClusterIP (and a node port, or a load balancer)."""
     port: dict[str, Any] = {"name": "https", "port": registry.port, "targetPort": NGINX_HTTPS_PORT}
     spec: dict[str, Any] = {
@@ -119,7 +121,7 @@ def buildkitd_toml(address: str, ca_file: str) -> str:
     return f'[registry."{address}"]\n  ca = ["{ca_file}"]\n'
 
 
-def tls_secret(certificate: Any, key: Any, ca: Any) -> dict[str, Any]:
+def tls_secret(certificate: pulumi.Input[str], key: pulumi.Input[str], ca: pulumi.Input[str]) -> k8s.Manifest:
     """The TLS Secret the chart's nginx serves (tls.crt, tls.key) and whose ca.crt Harbor's portal offers and
     its components trust (caSecretName, caBundleSecretName)."""
     obj = k8s.secret(
@@ -136,12 +138,12 @@ def tls_secret(certificate: Any, key: Any, ca: Any) -> dict[str, Any]:
 # The project the images go to
 
 
-def netrc(host: str, password: Any) -> str:
+def netrc(host: str, password: str) -> str:
     """curl's credentials file for Harbor's API (never on a command line or in the environment)."""
     return f"machine {host} login admin password {password}\n"
 
 
-def project_job(registry: RegistrySettings) -> list[dict[str, Any]]:
+def project_job(registry: RegistrySettings) -> list[k8s.Manifest]:
     """A Job that makes the Harbor project exist, public, before anything is pushed (Harbor starts with
     ``library`` only; a push to a missing project fails). Public: the nodes pull without credentials; the
     images hold no secrets. 201 created, 409 already there; anything else fails the Job (and ``pulumi up``)."""
@@ -209,9 +211,9 @@ def project_job(registry: RegistrySettings) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Certificate:
-    cert_pem: Any
-    key_pem: Any  # a Pulumi secret
-    ca_pem: Any
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]  # a Pulumi secret
+    ca_pem: pulumi.Input[str]
 
 
 def issue_certificate(
@@ -219,18 +221,17 @@ def issue_certificate(
     *,
     host: str,
     cluster_ip: str,
-    ca_pem: str | None,
-    ca_key: Any | None,
-    parent: Any,
+    ca: tuple[str, pulumi.Output[str]] | None,
+    parent: pulumi.Resource,
 ) -> Certificate:
-    """Harbor's server certificate, issued by the registry CA (``ca_pem`` with its secret key ``ca_key``, or
-    when None a CA kept in the state), all in pulumi-tls resources under ``parent``."""
-    import pulumi
+    """Harbor's server certificate, issued by the registry CA (``ca``: its certificate's PEM and its secret
+    key, or when None a CA kept in the state), all in pulumi-tls resources under ``parent``."""
     import pulumi_tls as tls
 
     provider = tls.Provider(f"{name}-tls", opts=pulumi.ResourceOptions(parent=parent))
     opts = pulumi.ResourceOptions(parent=parent, provider=provider)
-    if ca_pem is None:
+    ca_cert_pem: pulumi.Input[str]
+    if ca is None:
         ca_private = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
         ca_cert = tls.SelfSignedCert(
             f"{name}-ca",
@@ -243,10 +244,9 @@ def issue_certificate(
             allowed_uses=["cert_signing", "crl_signing"],
             opts=opts,
         )
-        ca_cert_pem: Any = ca_cert.cert_pem
-        ca_key = ca_private.private_key_pem
+        ca_cert_pem, ca_key = ca_cert.cert_pem, ca_private.private_key_pem
     else:
-        ca_cert_pem = ca_pem
+        ca_cert_pem, ca_key = ca
     server_key = tls.PrivateKey(f"{name}-server-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
     request = tls.CertRequest(
         f"{name}-server-request",
@@ -256,11 +256,12 @@ def issue_certificate(
         ip_addresses=[cluster_ip] if cluster_ip else [],
         opts=opts,
     )
+    ca_secret_key: pulumi.Output[str] = pulumi.Output.secret(ca_key)
     server = tls.LocallySignedCert(
         f"{name}-server",
         cert_request_pem=request.cert_request_pem,
         ca_cert_pem=ca_cert_pem,
-        ca_private_key_pem=pulumi.Output.secret(ca_key),
+        ca_private_key_pem=ca_secret_key,
         validity_period_hours=SERVER_VALIDITY_HOURS,
         early_renewal_hours=SERVER_EARLY_RENEWAL_HOURS,
         allowed_uses=["digital_signature", "key_encipherment", "server_auth"],

@@ -9,7 +9,6 @@ dependencies and provider; ``write_render`` turns that into per-region manifests
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import os
 import runpy
@@ -160,10 +159,13 @@ class RenderResult:
 
 
 def wire(value: Any, secrets: frozenset[str] = frozenset(), *, in_secret: bool = False) -> Any:
-    """Wire format: secrets to the marker, integral floats (the mock engine's numbers) to ints, None dropped.
+    """Wire format: secrets to the marker, integral floats (the mock engine's numbers) to ints, None dropped,
+    keys sorted.
 
     The SDK lifts a secret to the top-level input that holds it (a whole Helm ``values`` becomes one
     secret); inside such a value only strings carrying a known secret are masked, so the rest stays readable.
+    Keys are sorted because the order they arrive in is random: the engine passes inputs as protobuf Structs,
+    whose maps (upb) iterate in an order seeded per process, so a render is only reproducible sorted.
     """
     if isinstance(value, dict):
         if value.get(SECRET_SIG) == SECRET_VALUE_SIG:
@@ -171,7 +173,7 @@ def wire(value: Any, secrets: frozenset[str] = frozenset(), *, in_secret: bool =
             if isinstance(inner, (dict, list)):
                 return wire(inner, secrets, in_secret=True)
             return SECRET_MARKER
-        return {k: wire(v, secrets, in_secret=in_secret) for k, v in value.items() if v is not None}
+        return {k: wire(v, secrets, in_secret=in_secret) for k, v in sorted(value.items()) if v is not None}
     if isinstance(value, list):
         return [wire(v, secrets, in_secret=in_secret) for v in value]
     if isinstance(value, float) and value.is_integer():
@@ -189,116 +191,7 @@ def kubernetes_object(resource: RecordedResource, secrets: frozenset[str] = froz
 
 
 # ---------------------------------------------------------------------------------------------------
-# Mock engine
-
-
-def _secret(value: Any) -> dict[str, Any]:
-    return {SECRET_SIG: SECRET_VALUE_SIG, "value": value}
-
-
-def _pem(label: str, body: str) -> str:
-    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
-
-
-def _build_mocks() -> Any:
-    from pulumi.runtime import mocks
-
-    class RecordingMocks(mocks.Mocks):
-        """Plays the providers: returns inputs as state plus what real providers would compute."""
-
-        def __init__(self) -> None:
-            self.generated_secrets: list[str] = []
-
-        def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-            state = dict(args.inputs)
-            if args.typ == "random:index/randomPassword:RandomPassword":
-                digest = hashlib.sha256(args.name.encode()).hexdigest()
-                length = int(args.inputs.get("length", 24))
-                value = (MOCK_SECRET_PREFIX + digest)[: max(length, len(MOCK_SECRET_PREFIX) + 8)]
-                bcrypt = "$2a$10$" + digest[:53]
-                self.generated_secrets += [value, bcrypt]
-                # The random provider marks these outputs secret; so must the mock.
-                state["result"] = _secret(value)
-                state["bcryptHash"] = _secret(bcrypt)
-            elif args.typ in TLS_OUTPUTS:
-                state.update(self._tls(args.typ, args.name))
-            elif args.typ == HELM_RELEASE:
-                state["status"] = {
-                    "name": args.inputs.get("name", args.name),
-                    "namespace": args.inputs.get("namespace", "default"),
-                    "chart": args.inputs.get("chart"),
-                    "version": args.inputs.get("version"),
-                    "status": "deployed",
-                    "revision": 1,
-                }
-            elif args.typ == "docker:index/image:Image":
-                name = str(args.inputs.get("imageName", args.name))
-                digest = hashlib.sha256(name.encode()).hexdigest()
-                state["repoDigest"] = f"{name.rsplit(':', 1)[0]}@sha256:{digest}"
-            return f"{args.name}-id", state
-
-        def _tls(self, typ: str, name: str) -> dict[str, Any]:
-            """What the tls provider computes: PEM-shaped placeholders, private keys marked secret (as the
-            provider's additional secret outputs) and remembered so the leak test can look for them."""
-            digest = hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()
-            if typ == TLS_PRIVATE_KEY:
-                key = MOCK_SECRET_PREFIX + digest
-                self.generated_secrets.append(key)
-                pem = _pem("PRIVATE KEY", key)
-                return {
-                    "privateKeyPem": _secret(pem),
-                    "privateKeyPemPkcs8": _secret(pem),
-                    "privateKeyOpenssh": _secret(_pem("OPENSSH PRIVATE KEY", key)),
-                    "publicKeyPem": _pem("PUBLIC KEY", f"mock-public-{digest}"),
-                }
-            if typ == TLS_CERT_REQUEST:
-                return {"certRequestPem": _pem("CERTIFICATE REQUEST", f"mock-csr-{digest}")}
-            return {
-                "certPem": _pem("CERTIFICATE", f"mock-cert-{digest}"),
-                "readyForRenewal": False,
-                "validityStartTime": "2026-01-01T00:00:00Z",
-                "validityEndTime": "2027-01-01T00:00:00Z",
-            }
-
-        def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], None]:
-            return {}, None
-
-    class RecordingMonitor(mocks.MockMonitor):
-        """Keeps what the base mock monitor drops: parent, dependencies, raw inputs, stack outputs."""
-
-        def __init__(self, m: RecordingMocks) -> None:
-            super().__init__(m)
-            self.recorded: list[RecordedResource] = []
-            self.stack_outputs: dict[str, Any] = {}
-
-        def RegisterResource(self, request: Any) -> Any:
-            from pulumi.runtime import rpc
-
-            response = super().RegisterResource(request)
-            if request.type != "pulumi:pulumi:Stack":
-                self.recorded.append(
-                    RecordedResource(
-                        urn=response.urn,
-                        type=request.type,
-                        name=request.name,
-                        parent=request.parent,
-                        provider=request.provider,
-                        dependencies=list(request.dependencies),
-                        inputs=rpc.deserialize_properties(request.object),
-                        custom=bool(request.custom),
-                    )
-                )
-            return response
-
-        def RegisterResourceOutputs(self, request: Any) -> Any:
-            from pulumi.runtime import rpc
-
-            if request.urn.split("::")[-2] == "pulumi:pulumi:Stack":
-                self.stack_outputs = rpc.deserialize_properties(request.outputs)
-            return super().RegisterResourceOutputs(request)
-
-    m = RecordingMocks()
-    return m, RecordingMonitor(m)
+# The program under the mock engine (infra/mock_engine.py plays the providers)
 
 
 def pulumi_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
@@ -339,8 +232,11 @@ def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: 
     from pulumi.runtime.stack import run_in_stack, run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
+    from infra.mock_engine import RecordingMocks, RecordingMonitor
+
     _thread_event_loop()
-    m, monitor = _build_mocks()
+    m = RecordingMocks()
+    monitor = RecordingMonitor(m)
     pulumi.runtime.set_all_config(pulumi_config_map(raw), [f"{PROJECT}:{k}" for k in secure])
     # preview=False: with a preview the engine leaves outputs unknown and apply() callbacks never run.
     mocks.set_mocks(m, project=PROJECT, stack=stack, preview=False, monitor=monitor)
@@ -349,11 +245,17 @@ def _run_isolated(stack: str, config: StackConfig, raw: dict[str, Any], secure: 
     cwd = os.getcwd()
     os.chdir(root)  # the program resolves the Docker build context relative to the project
     try:
-        program = lambda: runpy.run_path(str(root / "__main__.py"), run_name="__main__")  # noqa: E731
+
+        def program() -> None:
+            runpy.run_path(str(root / "__main__.py"), run_name="__main__")
+
         _sync_await(run_pulumi_func(lambda: run_in_stack(program)))
     finally:
         os.chdir(cwd)
-    return RenderResult(config, monitor.recorded, monitor.stack_outputs, m.generated_secrets)
+    # The engine registers resources as their inputs resolve, in an order that varies from run to run: URN order
+    # makes every output of the render (manifests, releases, checks) the same for the same program and config.
+    resources = sorted(monitor.recorded, key=lambda r: r.urn)
+    return RenderResult(config, resources, monitor.stack_outputs, m.generated_secrets)
 
 
 # ---------------------------------------------------------------------------------------------------

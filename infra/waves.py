@@ -22,10 +22,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from infra.config import Region, StackConfig
+from infra.config import Region
 from ops.wave_gate import GATE_PORT, TARGET_NAME, TARGET_NAMESPACE
+
+if TYPE_CHECKING:
+    import pulumi
+
+    from infra import k8s
 
 NAMESPACE = "fraud-waves"
 GATE = "fraud-wave-gate"
@@ -40,17 +45,18 @@ GATE_URL = f"http://{GATE}.{NAMESPACE}.svc.cluster.local:{GATE_PORT}"
 # What the stack declares
 
 
-def confirm_rollout_webhook(config: StackConfig, region: Region) -> dict[str, Any] | None:
-    """The Flagger webhook that holds ``region``'s canary until the previous wave promoted (None: first wave)."""
-    if not config.upstream_regions(region):
+def confirm_rollout_webhook(upstream: Sequence[Region]) -> dict[str, Any] | None:
+    """The Flagger webhook that holds a region's canary until the ``upstream`` regions (the previous wave)
+    promoted (None: the first wave)."""
+    if not upstream:
         return None
     return {"name": "rollout-wave", "type": "confirm-rollout", "url": f"{GATE_URL}/gate", "timeout": "15s"}
 
 
-def argo_wave_metric(config: StackConfig, region: Region, interval_seconds: int = 60) -> dict[str, Any] | None:
-    """An Argo Rollouts analysis metric that passes once the previous wave promoted (None: first wave).
-    Retries for a day: a later wave legitimately waits as long as the earlier one takes."""
-    if not config.upstream_regions(region):
+def argo_wave_metric(upstream: Sequence[Region], interval_seconds: int = 60) -> dict[str, Any] | None:
+    """An Argo Rollouts analysis metric that passes once the ``upstream`` regions (the previous wave) promoted
+    (None: the first wave). Retries for a day: a later wave legitimately waits as long as the earlier one takes."""
+    if not upstream:
         return None
     return {
         "name": "rollout-wave",
@@ -73,7 +79,7 @@ def reader_rules() -> list[dict[str, Any]]:
     ]
 
 
-def _rbac(account: str) -> list[dict[str, Any]]:
+def _rbac(account: str) -> list[k8s.Manifest]:
     from infra import k8s
 
     obj_labels = k8s.labels(account, "rollout-waves")
@@ -99,7 +105,7 @@ def _rbac(account: str) -> list[dict[str, Any]]:
     ]
 
 
-def reader_objects() -> list[dict[str, Any]]:
+def reader_objects() -> list[k8s.Manifest]:
     """In a region a later wave waits on: the read-only identity and its token."""
     from infra import k8s
 
@@ -135,13 +141,21 @@ def upstream_kubeconfig(upstreams: Sequence[tuple[Region, Mapping[str, str] | No
                 "context": {"cluster": region.name, "user": region.name, "namespace": TARGET_NAMESPACE},
             }
         )
-    doc = {"apiVersion": "v1", "kind": "Config", "clusters": clusters, "users": users, "contexts": contexts}
+    doc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": clusters,
+        "users": users,
+        "contexts": contexts,
+    }
     if contexts:
         doc["current-context"] = contexts[0]["name"]
     return json.dumps(doc, indent=2)
 
 
-def gate_objects(region: Region, upstream: Sequence[Region], image: Any, *, strategy: str) -> list[dict[str, Any]]:
+def gate_objects(
+    region: Region, upstream: Sequence[Region], image: pulumi.Input[str], *, strategy: str
+) -> list[k8s.Manifest]:
     """In a region that waits on the ``upstream`` regions: the gate's identity, Deployment and Service (the
     kubeconfig Secret aside); ``strategy`` says which rollout objects it reads."""
     from infra import k8s

@@ -69,7 +69,8 @@ def argo_phase(metric: dict[str, Any], status: int, body: Any) -> str:
 
 def metric_of(template_name: str) -> dict[str, Any]:
     config = load_stack("dev", overrides={"strategy": "blue-green"})
-    (template,) = [t for t in argo_templates(config) if t["metadata"]["name"] == template_name]
+    templates = argo_templates(config.analysis, config.model.name)
+    (template,) = [t for t in templates if t["metadata"]["name"] == template_name]
     (metric,) = template["spec"]["metrics"]
     return metric
 

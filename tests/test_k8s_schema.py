@@ -1,5 +1,5 @@
-"""Tests of the offline Kubernetes validator (infra/verify/k8s_schema.py) and of the CRDs it validates against:
-those the pinned charts install, rendered by Helm from charts/*.tgz."""
+"""Tests of the offline Kubernetes validator (infra/verify/k8s_schema.py and its parts) and of the CRDs it
+validates against: those the pinned charts install, rendered by Helm from charts/*.tgz."""
 
 from __future__ import annotations
 
@@ -712,16 +712,16 @@ def test_cel_sees_defaulted_values() -> None:
     ],
 )
 def test_cel_subset_semantics(rule: str, value: dict, expected: object) -> None:
-    from infra.verify.k8s_schema import _cel_eval, _compile_cel
+    from infra.verify.cel import compile_rule, evaluate
 
-    assert _cel_eval(_compile_cel(rule), {"self": value}) == expected
+    assert evaluate(compile_rule(rule), {"self": value}) == expected
 
 
 def test_cel_errors_that_nothing_absorbs_are_reported() -> None:
-    from infra.verify.k8s_schema import _cel_eval, _CelEvalError, _compile_cel
+    from infra.verify.cel import CelEvalError, compile_rule, evaluate
 
-    with pytest.raises(_CelEvalError, match="no such key: missing"):
-        _cel_eval(_compile_cel("self.missing > 1 || false"), {"self": {}})
+    with pytest.raises(CelEvalError, match="no such key: missing"):
+        evaluate(compile_rule("self.missing > 1 || false"), {"self": {}})
 
 
 # ---- non-JSON input

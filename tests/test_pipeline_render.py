@@ -281,15 +281,15 @@ def test_waves_declare_a_reader_upstream_and_a_gate_downstream() -> None:
 def test_wave_hooks_for_the_rollout_engines() -> None:
     config = rendered("multiregion").config
     eu, us = config.regions
-    assert waves.confirm_rollout_webhook(config, eu) is None
-    hook = waves.confirm_rollout_webhook(config, us)
+    assert waves.confirm_rollout_webhook(config.upstream_regions(eu)) is None
+    hook = waves.confirm_rollout_webhook(config.upstream_regions(us))
     assert hook == {
         "name": "rollout-wave",
         "type": "confirm-rollout",
         "url": f"{waves.GATE_URL}/gate",
         "timeout": "15s",
     }
-    metric = waves.argo_wave_metric(config, us)
+    metric = waves.argo_wave_metric(config.upstream_regions(us))
     assert metric and metric["successCondition"] == "result.ready == true"
     assert metric["provider"]["web"]["url"] == f"{waves.GATE_URL}/status"
 

@@ -341,8 +341,23 @@ def _rule(expr: str) -> dict:
         ('sum(rate(fraud_requests_total{namespace="flagger-system"}[5m]))', "namespace is fraud there"),
         ("sum(rate(fraud_requests_total[5m]) >", "does not parse"),
         ('kube_deployment_status_replicas_available{deploymnet="fraud-detector"}', "has no label 'deploymnet'"),
+        (
+            "sum by (model_version) (rate(fraud_requests_total[5m])) / on (model_version) group_left (modelversion) "
+            "sum by (model_version) (rate(fraud_requests_total[5m]))",
+            "groups by 'modelversion'",
+        ),
     ],
-    ids=["metric", "label", "grouping", "flagger-name", "flagger-namespace", "wrong-namespace", "syntax", "ksm-label"],
+    ids=[
+        "metric",
+        "label",
+        "grouping",
+        "flagger-name",
+        "flagger-namespace",
+        "wrong-namespace",
+        "syntax",
+        "ksm-label",
+        "group-left",
+    ],
 )
 def test_metrics_catch_names_and_labels_nothing_exports(expr: str, expected: str) -> None:
     platform = base()

@@ -34,6 +34,7 @@ from infra.config.values import (
     Text,
     VersionLabel,
     url,
+    url_check,
 )
 
 ChartRepository = Annotated[str, url("https", "oci", what="a chart repository: https:// or oci://")]
@@ -112,8 +113,11 @@ CHART_COMPONENTS = _component_keys(ChartComponent)
 COMPONENTS = (*CHART_COMPONENTS, *_component_keys(ServerComponent))
 
 
+_s3_endpoint = url_check("https", "http", what="the S3 endpoint URL")
+
+
 def _empty_or_endpoint(value: str) -> str:
-    return value if value == "" else url("https", "http", what="the S3 endpoint URL").func(value)
+    return value if value == "" else _s3_endpoint(value)
 
 
 class MlflowSettings(StrictSettings):

@@ -246,8 +246,12 @@ def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
             problems.append(f"--set {shown(pair)}: expected KEY=VALUE, e.g. strategy=blue-green or serving.replicas=3")
             continue
         duplicates: list[str] = []
+
+        def duplicate(_path: tuple[Any, ...], message: str, found: list[str] = duplicates) -> None:
+            found.append(message)
+
         try:
-            value = yaml12.load(raw, lambda _, message, found=duplicates: found.append(message)) if raw else ""
+            value = yaml12.load(raw, duplicate) if raw else ""
         except yaml12.YamlProblem as problem:
             problems.append(f"--set {key}: value {problem.message}")
             continue

@@ -117,7 +117,7 @@ class StackSettings(StrictSettings):
         "caCertFile (PEM of the CA that signs Harbor's certificate, e.g. .cluster/ca.crt from `fraudctl cluster "
         "ca`; its key is the secret registryCaKey; \"\" keeps a CA in the program's state).",
     )
-    registry_ca_key: secret("registryCaKey") = Field(  # type: ignore[valid-type]
+    registry_ca_key: Annotated[SecretRef | None, secret("registryCaKey")] = Field(
         None,
         description="Private key (PEM) of the CA in registry.caCertFile, which signs Harbor's certificate; a "
         "secret: `pulumi config set --secret registryCaKey < .cluster/ca.key`. Set exactly when "
@@ -156,7 +156,7 @@ class StackSettings(StrictSettings):
         default_factory=GateSettings,
         description="Offline promotion gate of the candidate against the stable model on the holdout.",
     )
-    alert_webhook_url: secret("alertWebhookUrl") = Field(  # type: ignore[valid-type]
+    alert_webhook_url: Annotated[SecretRef | None, secret("alertWebhookUrl")] = Field(
         None,
         description="Webhook URL for rollout alerts (Flagger AlertProvider); a secret: set with "
         "`pulumi config set --secret alertWebhookUrl <url>`. Unset disables alerts.",
@@ -168,7 +168,7 @@ class StackSettings(StrictSettings):
         "target), apiUrl (GitHub REST API). Used by Argo CD (delivery argocd) and the training pipeline's "
         "proposal step.",
     )
-    git_token: secret("gitToken") = Field(  # type: ignore[valid-type]
+    git_token: Annotated[SecretRef | None, secret("gitToken")] = Field(
         None,
         description="Token that may push branches and open pull requests on git.url (and lets Argo CD read "
         "it); a secret: set with `pulumi config set --secret gitToken <token>`. Unset: the Secret "
@@ -254,7 +254,8 @@ def secret_keys() -> list[str]:
 @functools.cache
 def _adapter(name: str) -> TypeAdapter[Any]:
     field = StackSettings.model_fields[name]
-    return TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
+    annotation: Any = field.annotation  # every field of StackSettings is annotated
+    return TypeAdapter(Annotated[annotation, *field.metadata] if field.metadata else annotation)
 
 
 def parse_config(raw: Mapping[str, Any], *, stack: str, root: Path = PROJECT_ROOT) -> StackConfig:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -37,7 +37,7 @@ def quantity_value(text: str) -> Decimal:
         raise ValueError(text)
     number, suffix = Decimal(match["number"]), match["suffix"] or ""
     if suffix in _BINARY:
-        return number * (1024 ** _BINARY[suffix])
+        return number * Decimal(1024) ** _BINARY[suffix]
     exponent = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:])
     try:
         return number.scaleb(exponent)
@@ -184,7 +184,7 @@ IpAddress = Annotated[str, AfterValidator(_ip_address)]
 _CREDENTIAL_PARAMETER = re.compile(r"token|passw|secret|key|signature|credential|auth", re.I)
 
 
-def _no_credentials(value: str, parts: Any, where: str) -> None:
+def _no_credentials(value: str, parts: SplitResult, where: str) -> None:
     user, password = parts.username, parts.password
     ssh_user_only = parts.scheme == "ssh" and password is None
     if (user is not None or password is not None) and not ssh_user_only:
@@ -202,8 +202,11 @@ def _no_credentials(value: str, parts: Any, where: str) -> None:
         )
 
 
-def url(*schemes: str, what: str, where: str = "give credentials through a Pulumi secret") -> AfterValidator:
-    """A URL with one of ``schemes``, a host, and no credentials; ``where``: where credentials go instead."""
+PULUMI_SECRET_CREDENTIALS = "give credentials through a Pulumi secret"
+
+
+def url_check(*schemes: str, what: str, where: str = PULUMI_SECRET_CREDENTIALS) -> Callable[[str], str]:
+    """The rule of :func:`url` as a plain function (for a field whose value may also be something else)."""
 
     def check(value: str) -> str:
         try:
@@ -217,7 +220,12 @@ def url(*schemes: str, what: str, where: str = "give credentials through a Pulum
         _no_credentials(value, parts, where)
         return value
 
-    return AfterValidator(check)
+    return check
+
+
+def url(*schemes: str, what: str, where: str = PULUMI_SECRET_CREDENTIALS) -> AfterValidator:
+    """A URL with one of ``schemes``, a host, and no credentials; ``where``: where credentials go instead."""
+    return AfterValidator(url_check(*schemes, what=what, where=where))
 
 
 _SCP_LIKE = re.compile(r"(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^\s:]\S*)")
@@ -269,8 +277,9 @@ def _a(value: Any) -> str:
     return "a list" if isinstance(value, list) else "an object" if isinstance(value, Mapping) else "nothing"
 
 
-def secret(key: str) -> Any:
-    """The type of the secret config key ``key``: unset ("" or absent), or ``{secure: <ciphertext>}``."""
+def secret(key: str) -> BeforeValidator:
+    """The rule of the secret config key ``key``, for ``Annotated[SecretRef | None, secret(key)]``: unset ("" or
+    absent), or ``{secure: <ciphertext>}``."""
     how = f"set it with `pulumi config set --secret {key} <value>` (Pulumi stores {{secure: <ciphertext>}})"
 
     def check(value: Any) -> SecretRef | None:
@@ -290,7 +299,7 @@ def secret(key: str) -> Any:
             raise ValueError(f"secure: {problem}")
         return SecretRef(secure=ciphertext)
 
-    return Annotated[SecretRef | None, BeforeValidator(check)]
+    return BeforeValidator(check)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -327,4 +336,5 @@ __all__ = [
     "quantity_value",
     "secret",
     "url",
+    "url_check",
 ]

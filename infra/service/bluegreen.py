@@ -3,13 +3,13 @@ smoke test, the decision service's verdict), before and after the switch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from infra import charts, waves
-from infra.config import Region, StackConfig
+from infra import charts, k8s, waves
+from infra.config import AnalysisSettings, Region
 from infra.service.names import APP, NS, PREVIEW, REPLAY_URL, meta, object_labels
 from infra.service.replay import replay_parameters, replay_seconds
-from infra.service.workload import pod_template
 from rollout import analysis
 
 ARGO_WAVE = "fraud-rollout-wave"
@@ -18,22 +18,27 @@ ARGO_DECISION = "fraud-decision"
 PHASE_ARG = "phase"
 
 
-def analysis_looks(config: StackConfig) -> int:
+def analysis_looks(settings: AnalysisSettings) -> int:
     """Measurements of one analysis run (before, and again after, the switch): the analysis' horizon, where
     every check is forced to pass or fail (rollout/decision.py)."""
-    return config.analysis.horizon
+    return settings.horizon
 
 
-def argo_wave_template(config: StackConfig, region: Region | None) -> dict[str, Any] | None:
-    """Blue-green waves: pre-promotion waits until the previous wave promoted (None: first wave)."""
-    metric = waves.argo_wave_metric(config, region) if region is not None else None
+def argo_wave_template(upstream: Sequence[Region]) -> k8s.Manifest | None:
+    """Blue-green waves: pre-promotion waits until the ``upstream`` regions (the previous wave) promoted
+    (None: the first wave)."""
+    metric = waves.argo_wave_metric(upstream)
     if metric is None:
         return None
+    return _analysis_template(ARGO_WAVE, {"metrics": [metric]})
+
+
+def _analysis_template(name: str, spec: dict[str, Any]) -> k8s.Manifest:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_WAVE, "namespace": NS, "labels": object_labels("analysis")},
-        "spec": {"metrics": [metric]},
+        "metadata": {"name": name, "namespace": NS, "labels": object_labels("analysis")},
+        "spec": spec,
     }
 
 
@@ -41,7 +46,7 @@ def _args(name: str) -> str:
     return f"{{{{args.{name}}}}}"
 
 
-def argo_templates(config: StackConfig) -> list[dict[str, Any]]:
+def argo_templates(settings: AnalysisSettings, model_name: str) -> list[k8s.Manifest]:
     """AnalysisTemplates: the system checks, the smoke test and the decision service's verdict.
 
     The decision metric measures once per interval (each measurement replays one interval to both sides
@@ -49,16 +54,17 @@ def argo_templates(config: StackConfig) -> list[dict[str, Any]]:
     pass or fail. failureLimit 0: a decisive failure fails the run at once, which aborts the Rollout
     (before the switch: the preview is dropped; after it: the active Service returns to the stable).
     """
-    a = config.analysis
-    looks = analysis_looks(config)
-    interval = analysis.prometheus_duration(a.interval_seconds)
+    looks = analysis_looks(settings)
+    interval = analysis.prometheus_duration(settings.interval_seconds)
     labels = object_labels("analysis")
     hashes = analysis.argo_hash_args(NS)
-    checks = analysis.argo_analysis_template(a, NS, charts.PROMETHEUS_URL, labels, looks=looks, initial_delay=interval)
+    checks = analysis.argo_analysis_template(
+        settings, NS, charts.PROMETHEUS_URL, labels, looks=looks, initial_delay=interval
+    )
     smoke_body = {
         "namespace": _args("namespace"),
         "candidateHash": _args(analysis.ARGO_CANDIDATE_ARG),
-        "model": config.model.name,
+        "model": model_name,
     }
     smoke = analysis.argo_web_metric(
         "smoke-test",
@@ -79,7 +85,7 @@ def argo_templates(config: StackConfig) -> list[dict[str, Any]]:
         "stableHash": _args(analysis.ARGO_STABLE_ARG),
         # The service pauses (Inconclusive) rather than let a last undecided measurement count as a success.
         "measurements": str(looks),
-        **replay_parameters(config),
+        **replay_parameters(settings, model_name),
     }
     decision = analysis.argo_web_metric(
         "decision",
@@ -88,30 +94,23 @@ def argo_templates(config: StackConfig) -> list[dict[str, Any]]:
         json_path=analysis.ARGO_VERDICT_JSON_PATH,
         success=analysis.ARGO_SUCCESS_CONDITION,
         failure=analysis.ARGO_FAILURE_CONDITION,
-        timeout_seconds=replay_seconds(config) + 15,
+        timeout_seconds=replay_seconds(settings) + 15,
         interval=interval,
         count=looks,
         failureLimit=0,
         inconclusiveLimit=0,
     )
-    smoke_template = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_SMOKE, "namespace": NS, "labels": labels},
-        "spec": {"args": hashes, "metrics": [smoke]},
-    }
-    decision_template = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_DECISION, "namespace": NS, "labels": labels},
-        "spec": {"args": [*hashes, {"name": PHASE_ARG}], "metrics": [decision]},
-    }
-    return [checks, smoke_template, decision_template]
+    return [
+        checks,
+        _analysis_template(ARGO_SMOKE, {"args": hashes, "metrics": [smoke]}),
+        _analysis_template(ARGO_DECISION, {"args": [*hashes, {"name": PHASE_ARG}], "metrics": [decision]}),
+    ]
 
 
-def rollout(config: StackConfig, image: Any, region: Region | None = None) -> dict[str, Any]:
-    a = config.analysis
-    wave = [{"templateName": ARGO_WAVE}] if argo_wave_template(config, region) is not None else []
+def rollout(settings: AnalysisSettings, pod: k8s.Manifest, upstream: Sequence[Region] = ()) -> k8s.Manifest:
+    """The Rollout running ``pod`` (workload.pod_template), promoted by the analysis ``settings`` after the
+    ``upstream`` regions (the previous rollout wave) promoted."""
+    wave = [{"templateName": ARGO_WAVE}] if argo_wave_template(upstream) is not None else []
     hashes = analysis.argo_rollout_hash_args()
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -123,22 +122,22 @@ def rollout(config: StackConfig, image: Any, region: Region | None = None) -> di
             "progressDeadlineSeconds": 900,
             # Abort (scale the preview down, keep the active version) when a deadline is missed too.
             "progressDeadlineAbort": True,
-            "template": pod_template(config, image),
+            "template": pod,
             "strategy": {
                 "blueGreen": {
                     "activeService": APP,
                     "previewService": PREVIEW,
-                    "autoPromotionEnabled": a.auto_promotion,
+                    "autoPromotionEnabled": settings.auto_promotion,
                     # The previous version stays warm through post-promotion analysis without any delay
                     # setting: until that analysis succeeds it is still the stable ReplicaSet, which the
                     # controller keeps at full scale (argoproj/argo-rollouts v1.7.2 rollout/bluegreen.go,
                     # reconcileBlueGreenStableReplicaSet; rollout/sync.go, shouldFullPromote), and an abort
                     # points the active Service back at it at once (rollout/service.go,
                     # reconcileActiveService). scaleDownDelaySeconds only starts once it stopped being stable.
-                    "scaleDownDelaySeconds": a.scale_down_delay_seconds,
+                    "scaleDownDelaySeconds": settings.scale_down_delay_seconds,
                     # After an abort the new pods linger this long for inspection (rollout/replicaset.go,
                     # reconcileNewReplicaSet); traffic has left them already.
-                    "abortScaleDownDelaySeconds": a.scale_down_delay_seconds,
+                    "abortScaleDownDelaySeconds": settings.scale_down_delay_seconds,
                     "prePromotionAnalysis": {
                         "templates": [
                             *wave,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import pulumi
+
 from infra import charts, k8s, waves
-from infra.config import Region, StackConfig
+from infra.config import AnalysisSettings, Region
 from infra.service.names import (
     ALERT_PROVIDER,
     ALERT_SECRET,
@@ -34,17 +37,20 @@ def _hook(
     return webhook
 
 
-def flagger_webhooks(config: StackConfig, region: Region | None = None) -> list[dict[str, Any]]:
+def flagger_webhooks(
+    settings: AnalysisSettings, model_name: str, upstream: Sequence[Region] = ()
+) -> list[dict[str, Any]]:
     """The decision service's hooks, in the order Flagger's scheduler meets them each interval
     (fluxcd/flagger v1.40.0 pkg/controller/scheduler.go, advanceCanary): rollback (200 on a decisive
     failure: roll back at once), then at weight 0 the pre-rollout hooks or else the rollout hook (one
     interval of paired replay and a look), then confirm-traffic-increase / confirm-promotion (200 only on
-    a decisive pass; otherwise the weight is held and no failed check is counted)."""
+    a decisive pass; otherwise the weight is held and no failed check is counted). ``upstream``: the regions
+    of the previous rollout wave, which promote first."""
     sides = {"stable": PRIMARY_URL, "candidate": CANARY_URL}
-    interval = {**sides, **replay_parameters(config)}
-    timeout = webhook_timeout(config)
+    interval = {**sides, **replay_parameters(settings, model_name)}
+    timeout = webhook_timeout(settings)
     hooks: list[dict[str, Any]] = [
-        _hook("smoke-test", "smoke", timeout="60s", metadata={"candidate": CANARY_URL, "model": config.model.name}),
+        _hook("smoke-test", "smoke", timeout="60s", metadata={"candidate": CANARY_URL, "model": model_name}),
         # At weight 0 Flagger runs the pre-rollout hooks every interval until traffic may increase: the
         # analysis' first looks replay before any user reaches the candidate.
         _hook("labelled-replay-warmup", "warmup", timeout=timeout, metadata=interval),
@@ -53,11 +59,11 @@ def flagger_webhooks(config: StackConfig, region: Region | None = None) -> list[
         _hook("decision-traffic-increase", "confirm-traffic-increase"),
         _hook("decision-promotion", "confirm-promotion"),
     ]
-    wave = waves.confirm_rollout_webhook(config, region) if region is not None else None
+    wave = waves.confirm_rollout_webhook(upstream)
     if wave is not None:
         # Rollout waves: this region's canary starts only once the previous wave promoted.
         hooks.insert(0, wave)
-    if config.analysis.manual_promotion:
+    if settings.manual_promotion:
         # Open with the load tester's gate API (docs/ROLLOUT.md); closed by default.
         hooks.append(
             {"name": "manual-promotion", "type": "confirm-promotion", "url": f"{charts.LOADTESTER_URL}gate/check"}
@@ -65,16 +71,19 @@ def flagger_webhooks(config: StackConfig, region: Region | None = None) -> list[
     return hooks
 
 
-def canary(config: StackConfig, region: Region | None = None) -> dict[str, Any]:
-    a = config.analysis
+def canary(
+    settings: AnalysisSettings, model_name: str, *, alerts: bool, upstream: Sequence[Region] = ()
+) -> k8s.Manifest:
+    """The Canary of ``model_name``'s model server, judged by ``settings``; ``alerts``: Flagger posts its events
+    to the alert webhook (alert_objects); ``upstream``: the previous rollout wave's regions."""
     spec_analysis: dict[str, Any] = {
-        "interval": analysis.prometheus_duration(a.interval_seconds),
-        "threshold": a.threshold,
-        "stepWeights": list(a.step_weights),
-        "metrics": analysis.flagger_canary_metrics(a, NS),
-        "webhooks": flagger_webhooks(config, region),
+        "interval": analysis.prometheus_duration(settings.interval_seconds),
+        "threshold": settings.threshold,
+        "stepWeights": list(settings.step_weights),
+        "metrics": analysis.flagger_canary_metrics(settings, NS),
+        "webhooks": flagger_webhooks(settings, model_name, upstream),
     }
-    if config.alerts_enabled:
+    if alerts:
         spec_analysis["alerts"] = [
             {"name": "rollout", "severity": "info", "providerRef": {"name": ALERT_PROVIDER, "namespace": NS}}
         ]
@@ -103,11 +112,11 @@ def canary(config: StackConfig, region: Region | None = None) -> dict[str, Any]:
     }
 
 
-def flagger_metric_templates(config: StackConfig) -> list[dict[str, Any]]:
-    return analysis.flagger_metric_templates(config.analysis, NS, charts.PROMETHEUS_URL, object_labels("analysis"))
+def flagger_metric_templates(settings: AnalysisSettings) -> list[k8s.Manifest]:
+    return analysis.flagger_metric_templates(settings, NS, charts.PROMETHEUS_URL, object_labels("analysis"))
 
 
-def alert_objects(webhook_url: Any) -> list[dict[str, Any]]:
+def alert_objects(webhook_url: pulumi.Input[str]) -> list[k8s.Manifest]:
     """Flagger posts rollout events to the webhook (Slack-compatible payload) kept in a Secret."""
     secret = k8s.secret(ALERT_SECRET, NS, {"address": webhook_url}, obj_labels=object_labels(ALERT_SECRET))
     provider = {

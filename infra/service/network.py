@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra import charts
+from infra import charts, k8s
 from infra.service.names import (
     APP,
     REPLAY,
@@ -28,7 +28,7 @@ def _ports(*numbers: int | str, protocol: str = "TCP") -> list[dict[str, Any]]:
     return [{"protocol": protocol, "port": n} for n in numbers]
 
 
-def network_policies(*, mesh: bool, mlflow: bool, model_uri: str, strategy: str) -> list[dict[str, Any]]:
+def network_policies(*, mesh: bool, mlflow: bool, model_uri: str, strategy: str) -> list[k8s.Manifest]:
     """Default deny; then exactly the flows the service needs (``mesh``: Istio is on; ``mlflow``: the
     in-cluster MLflow runs; ``model_uri``: where the served model is loaded from; ``strategy``: blue-green's
     decision service also lists pods through the API server)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pulumi
+
 from infra import charts, k8s
-from infra.config import StackConfig
+from infra.config import AnalysisSettings
 from infra.service.names import (
     ACTIVE_URL,
     CANARY_URL,
@@ -33,26 +35,29 @@ PROMETHEUS_ENV = "DECISION_PROMETHEUS_URL"
 MODEL_ENV = "DECISION_MODEL"
 
 
-def replay_targets(config: StackConfig) -> list[str]:
+def replay_targets(strategy: str) -> list[str]:
     """The Services the decision service may replay to (Argo's pods are found by hash, not by URL)."""
-    return [PRIMARY_URL, CANARY_URL] if config.strategy == "canary" else [ACTIVE_URL, PREVIEW_URL]
+    return [PRIMARY_URL, CANARY_URL] if strategy == "canary" else [ACTIVE_URL, PREVIEW_URL]
 
 
-def replay_seconds(config: StackConfig) -> int:
+def replay_seconds(analysis: AnalysisSettings) -> int:
     """How long one interval's replay may take: it must be done within the interval it runs in."""
-    return max(10, int(config.analysis.interval_seconds * 0.75))
+    return max(10, int(analysis.interval_seconds * 0.75))
 
 
-def interval_transactions(config: StackConfig) -> int:
+def interval_transactions(analysis: AnalysisSettings) -> int:
     """Labelled pairs replayed per interval: ``analysis.replayRate`` x ``analysis.interval``, as the plan
     (rollout/plan.py) sizes and judges them."""
     from rollout.plan import pairs_per_interval
 
-    return pairs_per_interval(config.analysis.replay_rate, config.analysis.interval_seconds)
+    return pairs_per_interval(analysis.replay_rate, analysis.interval_seconds)
 
 
-def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
-    blue_green = config.strategy != "canary"
+def replay_objects(
+    analysis: AnalysisSettings, model_name: str, image: pulumi.Input[str], *, strategy: str
+) -> list[k8s.Manifest]:
+    """The decision service for ``strategy``, judging ``model_name``'s rollouts by ``analysis``."""
+    blue_green = strategy != "canary"
     tmp_volume, tmp_mount = k8s.tmp_volume()
     pod_labels = {**object_labels(REPLAY), **REPLAY_LABEL}
     args = [
@@ -62,7 +67,7 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
         "--holdout",
         "scenario",
         "--transactions",
-        str(interval_transactions(config)),
+        str(interval_transactions(analysis)),
     ]
     if blue_green:
         args.append("--kubernetes")
@@ -72,10 +77,10 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
         command=REPLAY_COMMAND,
         args=args,
         env=[
-            {"name": "REPLAY_ALLOWED_TARGETS", "value": ",".join(replay_targets(config))},
-            {"name": ANALYSIS_ENV, "value": json.dumps(config.analysis.model_dump(by_alias=True, mode="json"))},
+            {"name": "REPLAY_ALLOWED_TARGETS", "value": ",".join(replay_targets(strategy))},
+            {"name": ANALYSIS_ENV, "value": json.dumps(analysis.model_dump(by_alias=True, mode="json"))},
             {"name": PROMETHEUS_ENV, "value": charts.PROMETHEUS_URL},
-            {"name": MODEL_ENV, "value": config.model.name},
+            {"name": MODEL_ENV, "value": model_name},
             {"name": "FRAUD_HOME", "value": "/tmp/fraud"},
             {"name": "HOME", "value": "/tmp"},
         ],
@@ -119,7 +124,7 @@ def replay_objects(config: StackConfig, image: Any) -> list[dict[str, Any]]:
     return objects
 
 
-def pod_reader_objects() -> list[dict[str, Any]]:
+def pod_reader_objects() -> list[k8s.Manifest]:
     """ServiceAccount, Role (get/list pods in the fraud namespace, nothing else) and RoleBinding."""
     account = {
         "apiVersion": "v1",
@@ -143,15 +148,15 @@ def pod_reader_objects() -> list[dict[str, Any]]:
     return [account, role, binding]
 
 
-def replay_parameters(config: StackConfig) -> dict[str, str]:
+def replay_parameters(analysis: AnalysisSettings, model_name: str) -> dict[str, str]:
     """Replay overrides a controller sends with each interval (strings, as Flagger's metadata requires)."""
     return {
-        "model": config.model.name,
-        "transactions": str(interval_transactions(config)),
-        "timeoutSeconds": str(replay_seconds(config)),
+        "model": model_name,
+        "transactions": str(interval_transactions(analysis)),
+        "timeoutSeconds": str(replay_seconds(analysis)),
     }
 
 
-def webhook_timeout(config: StackConfig) -> str:
+def webhook_timeout(analysis: AnalysisSettings) -> str:
     """A Flagger webhook's timeout: the replay's time plus the look and the answer."""
-    return f"{replay_seconds(config) + 15}s"
+    return f"{replay_seconds(analysis) + 15}s"

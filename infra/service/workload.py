@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi
+
 from infra import k8s
-from infra.config import CandidateMetrics, ModelSettings, ServingSettings, StackConfig
+from infra.config import CandidateMetrics, ModelSettings, ServingSettings
 from infra.service.names import (
     APP,
     HEALTH_LIVE,
@@ -26,17 +28,17 @@ from infra.service.names import (
 from rollout import analysis
 from serving.faults import MODE_ENV
 from serving.feedback import FILE_SUFFIX, SIGNING_KEY_ENV
+from serving.protocol import METRICS_PATH
 from serving.settings import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
-    METRICS_PATH,
     ServingConfig,
     mlserver_environment,
 )
 
 
-def namespace_object(mesh: bool) -> dict[str, Any]:
+def namespace_object(mesh: bool) -> k8s.Manifest:
     """The fraud namespace: in the mesh when Istio is on (then Pod Security can only warn: istio-init
     needs NET_ADMIN), else restricted."""
     obj = k8s.namespace(NS, mesh=mesh, pod_security=None if mesh else "restricted")
@@ -77,7 +79,7 @@ def serving_env(model: ModelSettings, serving: ServingSettings, *, mlflow_enable
     return [{"name": name, "value": value} for name, value in sorted(values.items())]
 
 
-def serving_image(model: ModelSettings, built: Any) -> Any:
+def serving_image(model: ModelSettings, built: pulumi.Input[str]) -> pulumi.Input[str]:
     """The image the model server runs: the one the training pipeline built for the candidate
     (model.candidateImage, by digest) while the candidate is the target, else the one this program built.
     A model and the code that serves it roll out together."""
@@ -90,24 +92,25 @@ def _probe(path: str, **timing: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 2, **timing}
 
 
-def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
-    # Takes the whole stack because infra/service/bluegreen.py calls it so; it reads serving, model, strategy
-    # and whether MLflow runs.
-    s = config.serving
+def pod_template(
+    model: ModelSettings, s: ServingSettings, image: pulumi.Input[str], *, strategy: str, mlflow: bool
+) -> k8s.Manifest:
+    """The model server's pods, serving ``model``'s target with ``s``'s resources; ``strategy`` names the label
+    each version's pods are spread by, ``mlflow``: the in-cluster MLflow runs (models:/ URIs load from it)."""
     tmp_volume, tmp_mount = k8s.tmp_volume()
     key_volume, key_mount = k8s.secret_files("signing-key", SIGNING_SECRET, SIGNING_KEY_DIR, [SIGNING_SECRET_KEY])
     pod_labels = {
         **object_labels(APP),
         **WORKLOAD_LABEL,
-        VERSION_POD_LABEL: config.model.target_version,
+        VERSION_POD_LABEL: model.target_version,
     }
     selector = {"app.kubernetes.io/name": APP}
-    revision_label = "pod-template-hash" if config.strategy == "canary" else "rollouts-pod-template-hash"
+    revision_label = "pod-template-hash" if strategy == "canary" else "rollouts-pod-template-hash"
     container = k8s.container(
         "mlserver",
         image,
         args=SERVER_ARGS,
-        env=serving_env(config.model, s, mlflow_enabled=config.enabled("mlflow")),
+        env=serving_env(model, s, mlflow_enabled=mlflow),
         ports=[
             {"name": "http", "containerPort": DEFAULT_HTTP_PORT},
             {"name": "grpc", "containerPort": DEFAULT_GRPC_PORT},
@@ -127,7 +130,7 @@ def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
         "metadata": {
             "labels": pod_labels,
             "annotations": {
-                "fraud-platform/model-uri": config.model.target_uri,
+                "fraud-platform/model-uri": model.target_uri,
                 # Envoy metrics on 15090 are scraped through the metrics Service, not by annotation.
                 "prometheus.io/scrape": "false",
             },
@@ -154,7 +157,7 @@ def pod_template(config: StackConfig, image: Any) -> dict[str, Any]:
     }
 
 
-def service_account() -> dict[str, Any]:
+def service_account() -> k8s.Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -163,12 +166,12 @@ def service_account() -> dict[str, Any]:
     }
 
 
-def signing_secret(key: Any) -> dict[str, Any]:
+def signing_secret(key: pulumi.Input[str]) -> k8s.Manifest:
     """The feedback signing key, one for all replicas of every version (tokens verify anywhere)."""
     return k8s.secret(SIGNING_SECRET, NS, {SIGNING_SECRET_KEY: key}, obj_labels=object_labels(SIGNING_SECRET))
 
 
-def deployment(pod: dict[str, Any]) -> dict[str, Any]:
+def deployment(pod: k8s.Manifest) -> k8s.Manifest:
     """Flagger's target, running ``pod`` (:func:`pod_template`). No ``replicas``: the HPA owns the count
     and Flagger scales this copy to zero once a version is promoted, so declaring one would fight both."""
     return {
@@ -191,7 +194,7 @@ def _serving_ports() -> list[dict[str, Any]]:
     ]
 
 
-def blue_green_services() -> list[dict[str, Any]]:
+def blue_green_services() -> list[k8s.Manifest]:
     """Active and preview Services; Argo Rollouts adds the pod-template-hash to each selector."""
     return [
         k8s.service(name, NS, {"app.kubernetes.io/name": APP}, _serving_ports(), obj_labels=object_labels(name))
@@ -199,7 +202,7 @@ def blue_green_services() -> list[dict[str, Any]]:
     ]
 
 
-def metrics_service(mesh: bool) -> dict[str, Any]:
+def metrics_service(mesh: bool) -> k8s.Manifest:
     """Headless, selecting every model-server pod once (primary, canary, active, preview alike); with the
     mesh, Envoy's metrics too."""
     ports = [{"name": "http-metrics", "port": DEFAULT_METRICS_PORT, "targetPort": "http-metrics"}]
@@ -210,7 +213,7 @@ def metrics_service(mesh: bool) -> dict[str, Any]:
     return svc
 
 
-def service_monitor(mesh: bool) -> dict[str, Any]:
+def service_monitor(mesh: bool) -> k8s.Manifest:
     endpoints = [{"port": "http-metrics", "path": METRICS_PATH, "interval": "15s"}]
     if mesh:
         endpoints.append({"port": "http-envoy-prom", "path": "/stats/prometheus", "interval": "15s"})
@@ -229,7 +232,7 @@ def service_monitor(mesh: bool) -> dict[str, Any]:
     }
 
 
-def autoscaler(serving: ServingSettings, strategy: str) -> dict[str, Any]:
+def autoscaler(serving: ServingSettings, strategy: str) -> k8s.Manifest:
     s = serving
     target = (
         {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP}
@@ -258,7 +261,7 @@ def autoscaler(serving: ServingSettings, strategy: str) -> dict[str, Any]:
     }
 
 
-def disruption_budget() -> dict[str, Any]:
+def disruption_budget() -> k8s.Manifest:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -267,7 +270,7 @@ def disruption_budget() -> dict[str, Any]:
     }
 
 
-def model_metrics_configmap(metrics: CandidateMetrics | None) -> dict[str, Any] | None:
+def model_metrics_configmap(metrics: CandidateMetrics | None) -> k8s.Manifest | None:
     """``model-metrics-<version>``: the candidate's offline evaluation next to what serves it (or None
     when model.metricsFile is not set; config validation already refused a missing or mismatched file)."""
     if metrics is None:

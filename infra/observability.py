@@ -68,6 +68,10 @@ def alert_rules(
     def feedback(outcomes: str) -> str:
         return f'sum by ({VERSION_LABEL}) (increase({FEEDBACK_TOTAL}{{{ns},outcome=~"{outcomes}"}}[{q}]))'
 
+    share = a.replay_fraud_share
+    recall = f"({feedback('tp')} / ({feedback('tp|fn')} > 0))"
+    false_positive_rate = f"({feedback('fp')} / ({feedback('fp|tn')} > 0))"
+    precision_at_share = f"{share:g} * {recall} / ({share:g} * {recall} + {1 - share:g} * {false_positive_rate})"
     scrape = f'up{{{ns},job="{metrics_job}",endpoint="http-metrics"}}'
     rules: list[dict[str, Any]] = [
         {
@@ -106,19 +110,22 @@ def alert_rules(
             },
         },
         {
+            # Precision at the stated fraud share (analysis.replayFraudShare), from the labelled recall and
+            # false-positive rate: the decision's floor (rollout/decision.py), which the mix of labelled
+            # feedback (replay vs production) does not move.
             "alert": "FraudModelPrecisionDrop",
             "expr": (
-                f"({feedback('tp')} / ({feedback('tp|fp')} > 0)) < {a.min_precision:g}"
+                f"({precision_at_share}) < {a.min_precision:g}"
                 f" and on({VERSION_LABEL}) {feedback('tp|fn')} >= {a.min_labelled_frauds}"
             ),
             "for": "15m",
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "Fraud model {{ $labels.model_version }} precision dropped",
-                "description": "Precision on labelled feedback over "
+                "description": f"Precision at a {a.replay_fraud_share:g} fraud share, from labelled feedback over "
                 + q
                 + ' is {{ $value | printf "%.3f" }}'
-                + f" (the rollout gate requires {a.min_precision:g}).",
+                + f" (the rollout's floor is {a.min_precision:g}).",
             },
         },
         {

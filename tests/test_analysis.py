@@ -188,3 +188,67 @@ def test_every_query_rule_and_panel_parses_with_promtool(tmp_path: Path) -> None
         yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "x", "expr": "sum(rate(x[1m]) or"}]}]})
     )
     assert subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, timeout=60).returncode != 0
+
+
+def _feedback_series(version: str, per_hour: dict[str, float]) -> list[dict[str, str]]:
+    """Counters of labelled feedback growing at ``per_hour`` per outcome, one sample a minute for 2 h."""
+    return [
+        {
+            "series": f'fraud_feedback_total{{namespace="fraud",model_version="{version}",outcome="{outcome}"}}',
+            "values": f"0+{count / 60:g}x120",
+        }
+        for outcome, count in per_hour.items()
+    ]
+
+
+def test_the_precision_alert_reads_precision_at_the_stated_share_not_the_feedback_mix(tmp_path: Path) -> None:
+    """Issue 11: a floor on precision must not fire because labelled feedback holds few frauds. Prometheus'
+    own rule tester (promtool test rules) evaluates the alert on feedback counters over 2 h."""
+    a = load_stack("dev").analysis
+    (rule,) = [
+        r
+        for r in observability.alert_rules(
+            a, strategy="canary", namespace="fraud", metrics_job="fraud-detector-metrics", workload="fraud-detector"
+        )
+        if r["alert"] == "FraudModelPrecisionDrop"
+    ]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "fraud", "rules": [rule]}]}))
+    # v2: recall 0.75 and 1 false positive in 1,000 legitimate transactions, at production's mix (1 fraud per
+    # 1,000): raw precision 75 / 175 = 0.43, but at the stated share 0.2 it is 0.15 / 0.1508 = 0.995: healthy.
+    healthy = {"tp": 75, "fn": 25, "fp": 100, "tn": 99_900}
+    # v3: the same recall, 1 false positive in 10 legitimate ones: 0.15 / (0.15 + 0.08) = 0.652 < 0.85.
+    degraded = {"tp": 75, "fn": 25, "fp": 10_000, "tn": 90_000}
+    share = a.replay_fraud_share
+    expected = share * 0.75 / (share * 0.75 + (1 - share) * 0.1)
+    assert expected < a.min_precision < share * 0.75 / (share * 0.75 + (1 - share) * 0.001)
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": _feedback_series("v2", healthy) + _feedback_series("v3", degraded),
+                "alert_rule_test": [
+                    {
+                        "eval_time": "100m",
+                        "alertname": "FraudModelPrecisionDrop",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "model_version": "v3"},
+                                "exp_annotations": {
+                                    "summary": "Fraud model v3 precision dropped",
+                                    "description": f"Precision at a {share:g} fraud share, from labelled feedback "
+                                    f"over 1h is {expected:.3f} (the rollout's floor is {a.min_precision:g}).",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    run = subprocess.run(
+        [PROMTOOL, "test", "rules", "tests.yml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

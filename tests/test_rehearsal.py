@@ -3,7 +3,9 @@ MLflow, the decision service's logic. Every decision path is covered in process 
 (scripted rig); these prove the real parts behave as the script says.
 
 A generated dataset and quick training params stand in for the ULB file (the benchmark and the demo use
-the real one); everything else is what `fraudctl rehearse` runs.
+the real one), and v1/v2 come trained and registered from the session's registry (tests/rehearsal_support.py;
+training and registering are model/'s tests): the rehearsal reuses them, as a second `fraudctl rehearse`
+does. Everything else is what `fraudctl rehearse` runs.
 """
 
 from __future__ import annotations
@@ -12,35 +14,28 @@ import os
 from pathlib import Path
 
 import pytest
+from rehearsal_support import home_with_registry, quick_training, rehearsal_scenario
 
 from infra.config import load_stack
-from model.scenario import build_scenario
-from model.synthetic import frame_sha256, generate_transactions
-from model.train import TrainParams
 from rehearsal.run import RehearsalOptions, rehearse
 
 pytestmark = pytest.mark.slow
 
-# The compressed run: a short horizon keeps it to a few intervals, and a drop of 20 points (the degrade fault
-# is far worse) keeps the replay the plan sizes for 3 s intervals small. The machine running the suite is
+# The compressed run: a horizon of 2 keeps blue-green's pre-promotion run to 3 intervals, and a drop of 30 points
+# (the degrade fault is far worse; the healthy v2 is far better) keeps the replay the plan sizes for 3 s
+# intervals small (293 pairs). The machine running the suite is
 # shared, so a p99 over a few seconds is noise here: latency is not under test (tests/test_rollout_engine.py
 # covers the latency check's path), the decision service is.
-COMPRESSED = {"analysis": {"horizon": 4, "minDetectableDrop": 0.2, "threshold": 2, "maxLatencyP99Ms": 5000}}
+COMPRESSED = {"analysis": {"horizon": 2, "minDetectableDrop": 0.3, "threshold": 2, "maxLatencyP99Ms": 5000}}
 INTERVAL = 3.0
 
 
-@pytest.fixture(scope="module")
-def scenario():
-    raw = generate_transactions(12_000, fraud_rate=0.03, seed=21)
-    return build_scenario(raw, data_sha256=frame_sha256(raw))
+@pytest.fixture
+def home(rehearsal_registry: Path, tmp_path: Path) -> Path:
+    return home_with_registry(rehearsal_registry, tmp_path / "fraud-home")
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fraud-home")
-
-
-def run(strategy: str, scenario, home: Path, tmp_path: Path, fault: str | None = None, at_step: int = 2) -> dict:
+def run(strategy: str, home: Path, tmp_path: Path, fault: str | None = None, at_step: int = 2) -> dict:
     config = load_stack("dev", overrides={"strategy": strategy, **COMPRESSED})
     options = RehearsalOptions(
         fault=fault,
@@ -48,11 +43,12 @@ def run(strategy: str, scenario, home: Path, tmp_path: Path, fault: str | None =
         interval_seconds=INTERVAL,
         report_dir=tmp_path / "report",
         home=home,
-        scenario=scenario,
-        train_params=TrainParams(members=1, max_iter=40),
+        scenario=rehearsal_scenario(),
+        train_params=quick_training(),
         ignore_gate=True,
     )
     data = rehearse(config, options)
+    assert data["models_reused"] == {"v1": True, "v2": True}  # the session's models, found by sha and params
     for pid in data["process_ids"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # no leftover server or Prometheus
@@ -63,10 +59,10 @@ def run(strategy: str, scenario, home: Path, tmp_path: Path, fault: str | None =
     return data
 
 
-def test_canary_promotes_a_healthy_candidate_on_real_servers(scenario, home, tmp_path):
+def test_canary_promotes_a_healthy_candidate_on_real_servers(home, tmp_path):
     """Flagger's walk against two real MLServers and a real Prometheus: the decision service's paired replay
     passes v2 against v1, the weight climbs the steps, and the primary stays healthy throughout."""
-    data = run("canary", scenario, home, tmp_path)
+    data = run("canary", home, tmp_path)
     assert data["decision"] == "promoted", data["decision_reason"]
     assert data["decision_reason"].startswith("pass after")
     advanced = [d for d in data["decisions"] if d["action"].startswith("advance")]
@@ -81,12 +77,12 @@ def test_canary_promotes_a_healthy_candidate_on_real_servers(scenario, home, tmp
     assert checked and all(c["passed"] and c["value"] is not None for s in checked for c in s["checks"])
 
 
-def test_blue_green_switches_back_within_one_interval_of_a_post_switch_fault(scenario, home, tmp_path):
+def test_blue_green_switches_back_within_one_interval_of_a_post_switch_fault(home, tmp_path):
     """Argo's phases on real servers: pre-promotion passes, the active Service switches, the candidate turns
     degraded, and the post-promotion decision fails at once: traffic returns to the still-warm stable."""
     looks = COMPRESSED["analysis"]["horizon"]
     at_step = looks + 3  # the second interval after the switch
-    data = run("blue-green", scenario, home, tmp_path, fault="degrade", at_step=at_step)
+    data = run("blue-green", home, tmp_path, fault="degrade", at_step=at_step)
     assert data["decision"] == "rolled_back", data["decision_reason"]
     assert "post-promotion analysis failed" in data["reason"] and "switched back" in data["reason"]
     phases = [s["phase"] for s in data["steps"]]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow_support import mlflow_store_kept
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under `pytest -n 2` each worker owns one core. OpenMP (sklearn's tree training) reads this once,
@@ -19,40 +18,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup`` a module marked ``xdist_group`` must really run on one worker: its module-scoped
     servers are started once. pytest-xdist groups by a suffix it writes into each node id on the worker; a pytest
     that ignores the write (9.2 with xdist 3.8.0, xdist#1386) silently spreads the group over both workers,
     starting the servers twice. Say so at collection instead."""
+    # Slow tests (real processes, real-data training) first: pytest-xdist hands out work in collection order,
+    # so a long test collected last would run alone at the end while the other worker idles.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
     if not getattr(config.option, "loadgroup", False):
         return
     lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
     if lost:
         raise pytest.UsageError(f"--dist loadgroup: pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more)")
-
-
-@contextlib.contextmanager
-def _mlflow_store_kept() -> Iterator[None]:
-    """The environment and MLflow globals as they were, whatever the block pointed MLflow at."""
-    saved_env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
-    saved_globals = _mlflow_globals()
-    try:
-        yield
-    finally:
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if "mlflow" in sys.modules:
-            from mlflow.tracking._model_registry import utils as registry_utils
-            from mlflow.tracking._tracking_service import utils as tracking_utils
-
-            tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
 
 
 @pytest.fixture(autouse=True)
@@ -66,17 +45,8 @@ def _mlflow_store_stays_in_its_test() -> Iterator[None]:
     whose artifact that model test deletes on purpose ("No such artifact: 'MLmodel'"), while alone it
     passed. Each test now starts with the environment and MLflow globals the previous one started with.
     """
-    with _mlflow_store_kept():
+    with mlflow_store_kept():
         yield
-
-
-def _mlflow_globals() -> tuple[Any, Any]:
-    if "mlflow" not in sys.modules:
-        return None, None
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    return tracking_utils._tracking_uri, registry_utils._registry_uri
 
 
 @pytest.fixture
@@ -118,7 +88,10 @@ def rehearsal_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     xdist workers (tests/rehearsal_support.py); copy it into a test's home with ``home_with_registry``."""
     from rehearsal_support import register_once
 
-    with _mlflow_store_kept():  # ensure_models points MLflow at the shared store: not for the tests after
+    with mlflow_store_kept():  # ensure_models points MLflow at the shared store: not for the tests after
+        # The shared folder's embedded store, whatever an earlier test of this worker left in the environment.
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(name, None)
         return register_once(_session_folder(tmp_path_factory, "rehearsal-registry"))
 
 

@@ -55,7 +55,9 @@ def register_once(shared: Path) -> Path:
                 scenario=rehearsal_scenario(), home=shared, gate=load_stack("dev").gate, train_params=quick_training()
             )
             done.write_text("v1 v2\n")
-    return shared / "mlflow.db"
+    database = shared / "mlflow.db"
+    assert database.is_file(), f"v1 and v2 were registered somewhere else than {database}"
+    return database
 
 
 def home_with_registry(database: Path, home: Path) -> Path:

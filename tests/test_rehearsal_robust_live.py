@@ -1,9 +1,10 @@
-"""Two real rehearsals stopped mid-analysis: real MLServers, the Debian Prometheus, the embedded MLflow.
+"""Two real rehearsals stopped while their processes run: real MLServers, the Debian Prometheus, the embedded MLflow.
 
 A rehearsal runs in a child interpreter (a compressed one: generated data, quick training, v1/v2 from the
-session's registry, tests/rehearsal_support.py) and is stopped at its first analysis step: by SIGKILL (nothing
-of it may stay running: the kernel's parent-death signal and the watchdog stop its children) and by SIGTERM (a
-report, exit 143, ports free).
+session's registry, tests/rehearsal_support.py) and is stopped by SIGKILL once both servers and Prometheus
+listen on their seven ports (nothing of it may stay running: the kernel's parent-death signal and the watchdog
+stop its children), and by SIGTERM as soon as Prometheus is launched (a report, exit 143, ports free, nothing
+orphaned). What a stop does at each phase, analysis included, is tests/test_rehearsal_robust.py's (in process).
 """
 
 from __future__ import annotations
@@ -72,54 +73,71 @@ def home(rehearsal_registry: Path, tmp_path: Path) -> Path:
     return home_with_registry(rehearsal_registry, tmp_path / "fraud-home")
 
 
-def start_and_wait_for_analysis(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], Path]:
-    """The rehearsal, once its first analysis step is done: (process, its record so far, its report folder)."""
+def start_rehearsal(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """The rehearsal, once its record names its run: (process, run id, report folder)."""
     with log.open("w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-c", REHEARSAL, str(home)], cwd=ROOT, stderr=stderr, start_new_session=True
         )
-    wait_until(lambda: "step 1 (" in log.read_text() or proc.poll() is not None, "analysis step 1", 300)
+    records = home / "reports" / "rehearsal"
+    wait_until(lambda: any(records.glob("*/rehearsal.json")) or proc.poll() is not None, "the run's record", 120)
     assert proc.poll() is None, log.read_text()
-    (folder,) = [p.parent for p in (home / "reports" / "rehearsal").glob("*/rehearsal.json")]
-    return proc, json.loads((folder / "rehearsal.json").read_text()), folder
+    (folder,) = [p.parent for p in records.glob("*/rehearsal.json")]
+    return proc, json.loads((folder / "rehearsal.json").read_text())["run_id"], folder
+
+
+def wait_for_processes(proc: subprocess.Popen[bytes], run_id: str, log: Path, enough: Any) -> list[Any]:
+    """The run's processes (with their ports) once ``enough(children)`` holds; the rehearsal must still run."""
+    found: list[Any] = []
+
+    def ready() -> bool:
+        found[:] = processes_of_run(run_id, with_ports=True)
+        return enough(found) or proc.poll() is not None
+
+    wait_until(ready, "the run's servers and Prometheus", 120)
+    assert proc.poll() is None, log.read_text()
+    return found
 
 
 def test_a_rehearsal_killed_outright_leaves_nothing_running(home: Path, tmp_path: Path) -> None:
-    proc, record, folder = start_and_wait_for_analysis(home, tmp_path / "rehearse.log")
+    log = tmp_path / "rehearse.log"
+    proc, run_id, folder = start_rehearsal(home, log)
     try:
-        children = processes_of_run(record["run_id"], with_ports=True)
+        # Two MLServers (HTTP, gRPC, metrics each) and Prometheus: seven ports.
+        children = wait_for_processes(proc, run_id, log, lambda found: sum(len(c.ports) for c in found) >= 7)
         ports, sockets = {port for child in children for port in child.ports}, sockets_of(children)
-        assert len(children) >= 3 and len(ports) >= 7, children  # two MLServers (3 ports each), Prometheus
+        assert len(children) >= 3 and len(ports) >= 7, children
         assert len(sockets) >= len(ports)
         proc.kill()
         proc.wait()
-        wait_until(lambda: not processes_of_run(record["run_id"]), "every process of the run to stop", 60)
+        wait_until(lambda: not processes_of_run(run_id), "every process of the run to stop", 60)
         wait_until(lambda: not listening(sockets), f"the sockets on ports {sorted(ports)} to be closed", 30)
-        wait_until(lambda: not (home / "run" / record["run_id"]).exists(), "the watchdog to remove the run folder", 30)
-        assert not scratch_folder(record["run_id"]).exists()
+        wait_until(lambda: not (home / "run" / run_id).exists(), "the watchdog to remove the run folder", 30)
+        assert not scratch_folder(run_id).exists()
         killed = json.loads((folder / "rehearsal.json").read_text())
-        assert killed["decision"] == "killed" and len(killed["steps"]) >= 1
+        assert killed["decision"] == "killed", killed
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for child in processes_of_run(record["run_id"]):
+        for child in processes_of_run(run_id):
             os.kill(child.pid, signal.SIGKILL)
 
 
-def test_sigterm_mid_analysis_writes_the_report_and_frees_the_ports(home: Path, tmp_path: Path) -> None:
+def test_sigterm_as_prometheus_starts_writes_the_report_and_frees_the_ports(home: Path, tmp_path: Path) -> None:
     log = tmp_path / "rehearse.log"
-    proc, record, folder = start_and_wait_for_analysis(home, log)
+    proc, run_id, folder = start_rehearsal(home, log)
     try:
-        sockets = sockets_of(processes_of_run(record["run_id"], with_ports=True))
-        assert sockets
+        # The moment the issue named: SIGTERM just as Prometheus starts (it was orphaned with its port and folder).
+        children = wait_for_processes(proc, run_id, log, lambda found: any("prometheus" in c.command for c in found))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
-        assert not processes_of_run(record["run_id"]) and not listening(sockets)
+        assert not processes_of_run(run_id)
+        assert not listening(sockets_of(children))  # those that listened when the signal came
         report = json.loads((folder / "rehearsal.json").read_text())
-        assert report["decision"] == "interrupted" and report["reason"].startswith("SIGTERM while analysing")
-        assert len(report["steps"]) >= 1 and (folder / "summary.md").exists()
+        assert report["decision"] == "interrupted" and report["reason"].startswith("SIGTERM while "), report
+        assert (folder / "summary.md").exists()
         assert (folder.parent / "latest").resolve() == folder.resolve()
-        assert not (home / "run" / record["run_id"]).exists() and not scratch_folder(record["run_id"]).exists()
+        assert not (home / "run" / run_id).exists() and not scratch_folder(run_id).exists()
         assert "Traceback" not in log.read_text()
     finally:
         if proc.poll() is None:

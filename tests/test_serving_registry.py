@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from mlflow_support import mlflow_store_kept
 from serving_fixtures import SIGNING_KEY, infer_body, labelled_rows, outputs_of, post, scrape
 
 from model.artifact import log_fraud_model
@@ -47,11 +48,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("registry")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     estimator, threshold = train_synthetic_estimator(3000, seed=3, max_iter=20)
-    # The fluent API logs to the process-wide store: point tracking and registry here, then put both back.
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
+    # The fluent API logs to the process-wide store: point tracking and registry here, then put both back (the
+    # environment too: set_tracking_uri exports it, and a later registry of this worker would go there).
+    with mlflow_store_kept():
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
         experiment = mlflow.create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
         with mlflow.start_run(experiment_id=experiment):
             info = log_fraud_model(
@@ -63,9 +64,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             )
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         client.set_registered_model_alias(REGISTERED, "champion", info.registered_model_version)
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
     yield Registry(tracking_uri, estimator, threshold)
 
 

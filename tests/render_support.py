@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.render import RenderResult, run_program
@@ -27,3 +30,24 @@ def rendered(stack: str, strategy: str = "canary", **overrides: object) -> Rende
 
 def all_renders() -> list[tuple[str, str, RenderResult]]:
     return [(stack, strategy, rendered(stack, strategy)) for stack in STACKS for strategy in STRATEGIES]
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def fraudctl(*args: str) -> CliResult:
+    """``fraudctl ARGS`` run in this process, from the repository root, as a user runs it: exit code and what it
+    printed. (The console script as a process: tests/test_pipeline_submit.py.)"""
+    from fraudctl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())

@@ -4,14 +4,12 @@ the upstream schemas, the CRD order, and the stack config that shaped it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from render_support import ROOT, STACKS, STRATEGIES, rendered
+from render_support import STACKS, STRATEGIES, fraudctl, rendered
 
 from infra import charts
 from infra.config import ConfigError, load_stack
@@ -211,11 +209,8 @@ def test_overrides_change_steps_thresholds_and_gates() -> None:
 
 def test_render_cli_set_override_reaches_the_canary(tmp_path: Path) -> None:
     out = tmp_path / "render"
-    subprocess.run(
-        [sys.executable, "-m", "fraudctl.cli", "render", "--stack", "dev", "--out", str(out),
-         "--set", "analysis.stepWeights=[10,20,40]"],
-        cwd=ROOT, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    proc = fraudctl("render", "--stack", "dev", "--out", str(out), "--set", "analysis.stepWeights=[10,20,40]")
+    assert proc.returncode == 0, proc.stderr
     docs = list(yaml.safe_load_all((out / "local" / "manifests.yaml").read_text()))
     canary = find([d for d in docs if d], "Canary")
     assert canary["spec"]["analysis"]["stepWeights"] == [10, 20, 40]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from render_support import ROOT, STACKS, STRATEGIES, all_renders, rendered
+from render_support import ROOT, STACKS, STRATEGIES, all_renders, fraudctl, rendered
 
 from infra import charts
 from infra.config import CHART_COMPONENTS, deep_merge, project_defaults
@@ -235,12 +235,6 @@ def test_invalid_config_fails_the_program_itself_with_the_same_messages() -> Non
 
 # ---------------------------------------------------------------------------------------------------
 # The CLI, as a user runs it
-
-
-def fraudctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fraudctl.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.mark.parametrize("stack", STACKS)

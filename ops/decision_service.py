@@ -410,12 +410,8 @@ class DecisionService:
                 selector = analysis.FLAGGER.selector(analysis.PRIMARY, target=target, namespace=payload.namespace)
                 return 200, self.interval(key, [stable], [candidate], selector, params).answer()
             return self.confirm(key, hook)
-        except BadRequest as exc:
-            return 400, {"error": str(exc)}
-        except _Unavailable as exc:
-            return 503, {"error": str(exc)}
-        except _NotFound as exc:
-            return 404, {"error": str(exc)}
+        except (BadRequest, _Unavailable, _NotFound) as exc:
+            return _error_answer(exc)
 
     def confirm(self, key: RolloutKey, hook: str) -> tuple[int, dict[str, Any]]:
         """A gate on the latest decision: confirm-* open only on PASS, rollback only on FAIL."""
@@ -442,12 +438,8 @@ class DecisionService:
                     return 200, {"ok": False, "error": f"no ready pod with {analysis.ARGO.pod_label}={candidate_hash}"}
                 return self._smoke(urls[0], raw, flagger=False)
             return 200, self._argo_decision(raw, namespace).answer()
-        except BadRequest as exc:
-            return 400, {"error": str(exc)}
-        except _Unavailable as exc:
-            return 503, {"error": str(exc)}
-        except _NotFound as exc:
-            return 404, {"error": str(exc)}
+        except (BadRequest, _Unavailable, _NotFound) as exc:
+            return _error_answer(exc)
 
     def _argo_decision(self, raw: Mapping[str, Any], namespace: str) -> RolloutState:
         phase = _string(raw, "phase")
@@ -489,6 +481,12 @@ class _Unavailable(RuntimeError):
 
 class _NotFound(LookupError):
     pass
+
+
+def _error_answer(exc: BadRequest | _Unavailable | _NotFound) -> tuple[int, dict[str, Any]]:
+    """A hook's answer to a request it cannot serve: 400 as sent, 404 unknown endpoint, 503 a dependency down."""
+    status = 400 if isinstance(exc, BadRequest) else 404 if isinstance(exc, _NotFound) else 503
+    return status, {"error": str(exc)}
 
 
 @dataclass(frozen=True)

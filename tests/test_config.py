@@ -66,7 +66,7 @@ def test_kubernetes_quantities_are_compared_by_value() -> None:
 def test_stack_files_load() -> None:
     dev = load_stack("dev")
     assert dev.strategy == "canary" and len(dev.regions) == 1
-    assert dev.serving.replicas == 1 and dev.serving.max_batch_size == 32  # merged over defaults
+    assert dev.serving.replicas == 1 and dev.serving.max_batch_size == 1  # merged over defaults
     multi = load_stack("multiregion")
     assert len(multi.regions) >= 2
     assert len({r.context for r in multi.regions}) == len(multi.regions)

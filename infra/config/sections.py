@@ -176,10 +176,12 @@ class ServingSettings(StrictSettings):
     cpu_limit: CpuQuantity = "1"
     memory_request: MemoryQuantity = "512Mi"
     memory_limit: MemoryQuantity = "1Gi"
-    max_batch_size: int = Field(32, ge=1, le=1024)
-    # Measured on 2 cores with the real model (fraudctl bench serving): 1 ms keeps single-row p99 under
-    # 10 ms and lets concurrent requests share one predict; 5 ms raised p99 to 16 ms for no extra gain.
-    max_batch_time: float = Field(0.001, ge=0.0, le=1.0)
+    # Adaptive batching off by default. Measured on 2 cores with the real model and compiled scoring
+    # (fraudctl bench serving, README "Benchmarks"): a row scores in 0.06 ms, so waiting to batch only adds
+    # latency: 32 rows / 1 ms gave single-row p99 5.6 ms, 835 req/s at 4 clients and p99 199 ms at 16;
+    # off gave 1.0 ms, 1,382 req/s and 12 ms. Turn it on for a model whose per-call cost dominates.
+    max_batch_size: int = Field(1, ge=1, le=1024)
+    max_batch_time: float = Field(0.0, ge=0.0, le=1.0)
     image_tag: ImageTag = "0.1.0"
     # SIMULATE_ERROR of the rolled-out version, for the rollback drill ("false": no fault; docs/ROLLOUT.md).
     simulate_error: SimulatedFault = "false"

@@ -482,7 +482,7 @@ class RolloutEngine:
         step_phase = f"{phase}-promotion"
         decisions_taken = errors = system_taken = 0
         failed: dict[str, int] = {}
-        failure_limit = self.settings.threshold - 1
+        _count, failure_limit = analysis.argo_measurements(self.settings, self.looks, phase)
         reason = ""
         for tick in range(1, self.looks + 2):
             index, started = self._begin()
@@ -514,7 +514,8 @@ class RolloutEngine:
                     failed[check.name] = failed.get(check.name, 0) + (not check.passed)
                 bad = [name for name, count in failed.items() if count > failure_limit]
                 if bad:
-                    run_phase, reason = "Failed", f"system check(s) {', '.join(bad)} failed more than {failure_limit}x"
+                    allowed = f"more than {failure_limit}x" if failure_limit else "and after the switch none may"
+                    run_phase, reason = "Failed", f"system check(s) {', '.join(bad)} failed {allowed}"
             if not run_phase and decisions_taken >= self.looks and system_taken >= self.looks:
                 run_phase = "Successful"
             action = {"Failed": "abort", "Error": "abort", "Inconclusive": "pause"}.get(run_phase, "measure")

@@ -307,16 +307,22 @@ def flagger_canary_metrics(settings: AnalysisSettings, namespace: str) -> list[d
 # ---------------------------------------------------------------------------------------------------
 # Argo Rollouts
 
-ARGO_TEMPLATE = "fraud-analysis"
+ARGO_PHASES = ("pre", "post")  # before and after the blue-green switch
+ARGO_TEMPLATE = "fraud-analysis"  # the system checks before the switch
+ARGO_POST_TEMPLATE = "fraud-analysis-post"  # the same checks after it
 
 
-def argo_measurements(settings: AnalysisSettings, looks: int) -> tuple[int, int]:
+def argo_measurements(settings: AnalysisSettings, looks: int, phase: str = "pre") -> tuple[int, int]:
     """(count, failureLimit) of the system checks in one Argo analysis run of ``looks`` intervals.
 
-    Flagger rolls back at ``threshold`` failed checks, so Argo may fail ``threshold - 1`` times; the run
-    measures once per interval for as long as the decision metric does.
+    Before the switch no user reaches the new version, so the checks tolerate what Flagger does: it rolls
+    back at ``threshold`` failed checks, so Argo may fail ``threshold - 1`` times. After the switch every
+    request reaches it and the stable is still warm: the first failed check ends the run, which points the
+    active Service back at once. The run measures once per interval for as long as the decision metric does.
     """
-    return looks, settings.threshold - 1
+    if phase not in ARGO_PHASES:
+        raise ValueError(f"phase: {phase!r} is not one of {', '.join(ARGO_PHASES)}")
+    return looks, settings.threshold - 1 if phase == "pre" else 0
 
 
 def argo_hash_args(namespace: str) -> list[dict[str, Any]]:
@@ -343,13 +349,14 @@ def argo_analysis_template(
     labels: dict[str, str],
     *,
     looks: int,
+    phase: str = "pre",
     initial_delay: str | None = None,
 ) -> dict[str, Any]:
-    """The system-check AnalysisTemplate used before and after promotion, on the candidate's pods.
+    """The system-check AnalysisTemplate of one phase (before or after the switch), on the candidate's pods.
 
     ``initial_delay`` holds the first measurement back, e.g. until traffic reached the new pods.
     """
-    count, failure_limit = argo_measurements(settings, looks)
+    count, failure_limit = argo_measurements(settings, looks, phase)
     metrics = []
     for check in analysis_checks(settings):
         metric: dict[str, Any] = {
@@ -371,7 +378,11 @@ def argo_analysis_template(
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": {"name": ARGO_TEMPLATE, "namespace": namespace, "labels": dict(labels)},
+        "metadata": {
+            "name": ARGO_TEMPLATE if phase == "pre" else ARGO_POST_TEMPLATE,
+            "namespace": namespace,
+            "labels": dict(labels),
+        },
         "spec": {"args": argo_hash_args(namespace), "metrics": metrics},
     }
 
@@ -389,7 +400,6 @@ FLAGGER_HOOKS = {
     "confirm-promotion": ("confirm-promotion", "confirm-promotion"),
 }
 FLAGGER_ENDPOINTS = ("smoke", "replay", "rollback", "confirm-traffic-increase", "confirm-promotion")
-ARGO_PHASES = ("pre", "post")
 # Argo's web provider: a non-2xx answer is an Error measurement, never Failed (metricproviders/webmetric/
 # webmetric.go, Run), so the service always answers 200 with JSON and these conditions decide. With both
 # conditions set, failureCondition true is Failed, neither true is Inconclusive, else Successful

@@ -203,6 +203,10 @@ def test_overrides_change_steps_thresholds_and_gates() -> None:
     template = find(bg, "AnalysisTemplate", analysis.ARGO_TEMPLATE)
     assert {m["count"] for m in template["spec"]["metrics"]} == {7}
     assert {m["failureLimit"] for m in template["spec"]["metrics"]} == {4}
+    # After the switch every user is on the new version: the first failed system check switches back.
+    post_template = find(bg, "AnalysisTemplate", analysis.ARGO_POST_TEMPLATE)
+    assert {m["count"] for m in post_template["spec"]["metrics"]} == {7}
+    assert {m["failureLimit"] for m in post_template["spec"]["metrics"]} == {0}
     (decision,) = find(bg, "AnalysisTemplate", "fraud-decision")["spec"]["metrics"]
     assert decision["count"] == 7 and decision["interval"] == "30s" and decision["failureLimit"] == 0
 
@@ -230,7 +234,7 @@ def test_blue_green_rollout_follows_config() -> None:
     assert rollout["spec"]["progressDeadlineAbort"] is True
     pre, post = bg["prePromotionAnalysis"], bg["postPromotionAnalysis"]
     assert [t["templateName"] for t in pre["templates"]] == ["fraud-smoke", "fraud-decision", analysis.ARGO_TEMPLATE]
-    assert [t["templateName"] for t in post["templates"]] == ["fraud-decision", analysis.ARGO_TEMPLATE]
+    assert [t["templateName"] for t in post["templates"]] == ["fraud-decision", analysis.ARGO_POST_TEMPLATE]
     hashes = analysis.argo_rollout_hash_args()
     assert pre["args"] == [*hashes, {"name": "phase", "value": "pre"}]
     assert post["args"] == [*hashes, {"name": "phase", "value": "post"}]
@@ -238,7 +242,7 @@ def test_blue_green_rollout_follows_config() -> None:
     assert {t["templateName"] for t in pre["templates"] + post["templates"]} <= set(templates)
     # Every arg a template declares without a default is supplied by the Rollout (Argo refuses the run else).
     supplied = {arg["name"] for arg in pre["args"]}
-    for name in ("fraud-smoke", "fraud-decision", analysis.ARGO_TEMPLATE):
+    for name in ("fraud-smoke", "fraud-decision", analysis.ARGO_TEMPLATE, analysis.ARGO_POST_TEMPLATE):
         declared = {arg["name"] for arg in templates[name]["spec"]["args"] if "value" not in arg}
         assert declared <= supplied, name
     (decision,) = templates["fraud-decision"]["spec"]["metrics"]
@@ -250,7 +254,12 @@ def test_blue_green_rollout_follows_config() -> None:
     body = json.loads(web["body"])
     assert body["candidateHash"] == "{{args.candidate_hash}}" and body["stableHash"] == "{{args.stable_hash}}"
     assert body["phase"] == "{{args.phase}}" and body["measurements"] == str(a.horizon)
-    for metric in templates[analysis.ARGO_TEMPLATE]["spec"]["metrics"]:
+    pre_checks = templates[analysis.ARGO_TEMPLATE]["spec"]["metrics"]
+    post_checks = templates[analysis.ARGO_POST_TEMPLATE]["spec"]["metrics"]
+    assert [m["name"] for m in pre_checks] == [m["name"] for m in post_checks]
+    assert {m["failureLimit"] for m in pre_checks} == {a.threshold - 1}
+    assert {m["failureLimit"] for m in post_checks} == {0}  # after the switch: the first failure switches back
+    for metric in pre_checks + post_checks:
         assert 'rollouts_pod_template_hash="{{args.candidate_hash}}"' in metric["provider"]["prometheus"]["query"]
     hpa = find(objects, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {

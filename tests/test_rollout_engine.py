@@ -146,6 +146,23 @@ def test_blue_green_switches_back_within_one_interval_of_a_post_switch_fault() -
     assert 0 < outcome.bad_answers_after_switch <= 10 * INTERVAL
 
 
+def test_blue_green_switches_back_at_the_first_failed_system_check_after_the_switch() -> None:
+    """A candidate that fails requests leaves the paired decision undecided (its non-answers hold it); before
+    the switch the system checks tolerate threshold - 1 failures, after it none: every user is on it."""
+    horizon = 4
+    at_step = horizon + 3  # two intervals after the switch
+    outcome, rig, _ = rehearse(
+        "blue-green", Script(fault_errors=True), fault=FaultPlan("error", at_step), horizon=horizon, threshold=3
+    )
+    assert outcome.decision == "rolled_back", outcome.reason
+    assert "system check(s) success-rate failed and after the switch none may" in outcome.reason
+    assert rig.weights == [100, 0]
+    failed = [s for s in outcome.steps if s.action == "abort"]
+    assert len(failed) == 1 and failed[0].index == at_step and failed[0].phase == "post-promotion"
+    assert outcome.switched_back_at is not None and outcome.fault_injected_at is not None
+    assert outcome.switched_back_at - outcome.fault_injected_at <= INTERVAL
+
+
 def test_blue_green_pauses_when_the_primary_fails() -> None:
     outcome, rig, _ = rehearse("blue-green", Script(stable_down_from=2), horizon=4)
     assert outcome.decision == "halted" and "inconclusive" in outcome.reason

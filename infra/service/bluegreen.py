@@ -47,7 +47,8 @@ def _args(name: str) -> str:
 
 
 def argo_templates(settings: AnalysisSettings, model_name: str) -> list[k8s.Manifest]:
-    """AnalysisTemplates: the system checks, the smoke test and the decision service's verdict.
+    """AnalysisTemplates: the system checks (before and after the switch), the smoke test and the decision
+    service's verdict.
 
     The decision metric measures once per interval (each measurement replays one interval to both sides
     and takes a look) for the plan's horizon, so its last measurement is the analysis' final, forced
@@ -58,9 +59,12 @@ def argo_templates(settings: AnalysisSettings, model_name: str) -> list[k8s.Mani
     interval = analysis.prometheus_duration(settings.interval_seconds)
     labels = object_labels("analysis")
     hashes = analysis.argo_hash_args(NS)
-    checks = analysis.argo_analysis_template(
-        settings, NS, charts.PROMETHEUS_URL, labels, looks=looks, initial_delay=interval
-    )
+    checks = [
+        analysis.argo_analysis_template(
+            settings, NS, charts.PROMETHEUS_URL, labels, looks=looks, phase=phase, initial_delay=interval
+        )
+        for phase in analysis.ARGO_PHASES
+    ]
     smoke_body = {
         "namespace": _args("namespace"),
         "candidateHash": _args(analysis.ARGO_CANDIDATE_ARG),
@@ -101,7 +105,7 @@ def argo_templates(settings: AnalysisSettings, model_name: str) -> list[k8s.Mani
         inconclusiveLimit=0,
     )
     return [
-        checks,
+        *checks,
         _analysis_template(ARGO_SMOKE, {"args": hashes, "metrics": [smoke]}),
         _analysis_template(ARGO_DECISION, {"args": [*hashes, {"name": PHASE_ARG}], "metrics": [decision]}),
     ]
@@ -148,7 +152,10 @@ def rollout(settings: AnalysisSettings, pod: k8s.Manifest, upstream: Sequence[Re
                         "args": [*hashes, {"name": PHASE_ARG, "value": "pre"}],
                     },
                     "postPromotionAnalysis": {
-                        "templates": [{"templateName": ARGO_DECISION}, {"templateName": analysis.ARGO_TEMPLATE}],
+                        "templates": [
+                            {"templateName": ARGO_DECISION},
+                            {"templateName": analysis.ARGO_POST_TEMPLATE},
+                        ],
                         "args": [*hashes, {"name": PHASE_ARG, "value": "post"}],
                     },
                 }

@@ -118,7 +118,9 @@ def test_blue_green_promotes_after_pre_and_post_promotion_analysis() -> None:
     outcome, rig, _ = rehearse("blue-green", horizon=4)
     assert outcome.decision == "promoted", outcome.reason
     phases = [s.phase for s in outcome.steps]
-    assert phases.count("pre-promotion") == 5 and phases.count("post-promotion") == 5
+    # Before the switch the system checks begin an interval after the decision (the preview's traffic starts
+    # with the first replay), so that run takes horizon + 1 intervals; after it, horizon intervals.
+    assert phases.count("pre-promotion") == 5 and phases.count("post-promotion") == 4
     assert rig.weights == [100] and outcome.switched_at is not None and outcome.switched_back_at is None
     assert outcome.bad_answers_after_switch == 0
 
@@ -150,7 +152,7 @@ def test_blue_green_switches_back_at_the_first_failed_system_check_after_the_swi
     """A candidate that fails requests leaves the paired decision undecided (its non-answers hold it); before
     the switch the system checks tolerate threshold - 1 failures, after it none: every user is on it."""
     horizon = 4
-    at_step = horizon + 3  # two intervals after the switch
+    at_step = horizon + 2  # the first interval after the switch
     outcome, rig, _ = rehearse(
         "blue-green", Script(fault_errors=True), fault=FaultPlan("error", at_step), horizon=horizon, threshold=3
     )

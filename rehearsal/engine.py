@@ -508,8 +508,9 @@ class RolloutEngine:
                     run_phase, reason = "Error", f"{errors} decision measurements in a row were errors: {reason}"
             if not run_phase and (tick > 1 or phase == "post") and system_taken < self.looks:
                 # The system checks measure one interval in (initialDelay): Argo's first measurement covers the
-                # first interval. Before the switch the rig's first interval only starts the preview's traffic,
-                # so its checks begin with the second; after it every request has reached the new pods.
+                # first interval (v1.7.2 analysis/analysis.go, generateMetricTasks: StartedAt + initialDelay).
+                # Before the switch the rig's first interval only starts the preview's traffic, so its checks
+                # begin with the second; after it every request has reached the new pods.
                 checks = self.rig.system_checks(self.interval)
                 system_taken += 1
                 for check in checks:

@@ -319,6 +319,9 @@ def argo_measurements(settings: AnalysisSettings, looks: int, phase: str = "pre"
     back at ``threshold`` failed checks, so Argo may fail ``threshold - 1`` times. After the switch every
     request reaches it and the stable is still warm: the first failed check ends the run, which points the
     active Service back at once. The run measures once per interval for as long as the decision metric does.
+    (argoproj/argo-rollouts v1.7.2 analysis/analysis.go: a metric is Failed once ``Failed > failureLimit``,
+    ``assessMetricFailureInconclusiveOrError``; its first measurement waits ``initialDelay`` after the run
+    started, ``generateMetricTasks``.)
     """
     if phase not in ARGO_PHASES:
         raise ValueError(f"phase: {phase!r} is not one of {', '.join(ARGO_PHASES)}")

@@ -89,9 +89,6 @@ def rehearsal_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rehearsal_support import register_once
 
     with mlflow_store_kept():  # ensure_models points MLflow at the shared store: not for the tests after
-        # The shared folder's embedded store, whatever an earlier test of this worker left in the environment.
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            os.environ.pop(name, None)
         return register_once(_session_folder(tmp_path_factory, "rehearsal-registry"))
 
 
